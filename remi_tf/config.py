@@ -1,0 +1,61 @@
+"""Every default in one table: per-dataset protocol values and the paper's
+training hyper-parameters. Flags, functions and tests read them from here."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDefaults:
+  """Protocol and IHN defaults of one dataset (REMI paper, Section 5.1)."""
+
+  seq_len: int
+  threshold: int
+  beta: float
+
+
+DATASET_DEFAULTS = {
+    "gowalla": DatasetDefaults(seq_len=40, threshold=10, beta=1.0),
+    "retailrocket": DatasetDefaults(seq_len=20, threshold=5, beta=0.1),
+    "amazon-books": DatasetDefaults(seq_len=20, threshold=5, beta=10.0),
+    "movielens-1m": DatasetDefaults(seq_len=20, threshold=5, beta=1.0),
+    "csv": DatasetDefaults(seq_len=20, threshold=5, beta=1.0),
+}
+
+MODELS = ("comirec-sa", "comirec-dr", "mind", "youtube-dnn", "gru4rec", "pop")
+SAMPLERS = ("uniform", "log-uniform", "full")
+
+# The user split of the ComiRec protocol and the seed of its shuffle.
+SPLIT_SEED = 1230
+TRAIN_FRACTION, VALID_FRACTION = 0.8, 0.1
+# Validation/test users reveal this share of their sequence as history.
+HISTORY_FRACTION = 0.8
+# Training targets are drawn from positions [MIN_TARGET_POSITION, len).
+MIN_TARGET_POSITION = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """What defines a user tower and its training objective."""
+
+  model: str = "comirec-sa"
+  interests: int = 4
+  embedding_dim: int = 64
+  seq_len: int = 20
+  beta: float = 0.0
+  rr_lambda: float = 100.0
+  negatives: int = 1280
+  sampler: str = "uniform"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How long and how fast to train, and how to select the best model."""
+
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  max_steps: int = 1_000_000
+  eval_every: int = 1000
+  patience: int = 50
+  seed: int = 2023
+  topn: tuple = (20, 50)
+  selection_metric: str = "recall@50"

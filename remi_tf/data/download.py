@@ -1,0 +1,73 @@
+"""Downloads of canonical raw files through tensorflow-datasets' download
+manager (progress bar, checksums recorded, cached, written atomically)."""
+
+import os
+import shutil
+from typing import Optional
+
+from remi_tf.data.registry import DatasetSource
+
+
+class DownloadError(RuntimeError):
+  """A raw file could not be fetched; says which URL and what to do."""
+
+
+def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
+  """Downloads (or finds in `download_dir`) the raw file of a dataset.
+
+  Args:
+    name: the dataset name, for messages.
+    spec: its source.
+    download_dir: where downloads are cached.
+
+  Returns:
+    The local path of the raw file.
+
+  Raises:
+    DownloadError: offline, or no URL for this dataset. The message names the
+      URL and the `--raw-file` flag; nothing half-written is left behind.
+  """
+  if spec.url is None:
+    raise DownloadError(f"{name}: {spec.manual}, then pass it with "
+                        "--raw-file PATH")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(download_dir, exist_ok=True)
+  before = set(os.listdir(download_dir))
+  manager = tfds.download.DownloadManager(
+      download_dir=download_dir, register_checksums=False,
+      force_checksums_validation=False)
+  try:
+    if spec.archive_member:
+      path = os.path.join(manager.download_and_extract(spec.url),
+                          spec.archive_member)
+    else:
+      path = manager.download(spec.url)
+  except Exception as error:  # tfds wraps network errors in many types
+    _remove_new_entries(download_dir, before)
+    raise DownloadError(
+        f"{name}: could not download {spec.url} ({type(error).__name__}: "
+        f"{error}). Without internet access, fetch the file elsewhere and "
+        "pass it with --raw-file PATH") from None
+  return os.fspath(path)
+
+
+def _remove_new_entries(directory: str, before: set) -> None:
+  for entry in set(os.listdir(directory)) - before:
+    target = os.path.join(directory, entry)
+    if os.path.isdir(target):
+      shutil.rmtree(target, ignore_errors=True)
+    else:
+      os.remove(target)
+
+
+def default_download_dir() -> str:
+  """`$REMI_TF_HOME/downloads`, by default under `~/.cache/remi-tf`."""
+  return os.path.join(cache_home(), "downloads")
+
+
+def cache_home(override: Optional[str] = None) -> str:
+  """Where remi-tf keeps downloads and preprocessed data."""
+  return override or os.environ.get(
+      "REMI_TF_HOME", os.path.join(os.path.expanduser("~"), ".cache",
+                                   "remi-tf"))

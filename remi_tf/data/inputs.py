@@ -1,0 +1,113 @@
+"""tf.data input: training examples and evaluation examples.
+
+Histories are right-padded with the padding id 0: the kept items come
+first, oldest first, then zeros (as the ComiRec/REMI reference iterators do,
+so learned position embeddings index positions from the oldest kept item).
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from remi_tf import config
+from remi_tf.data.protocol import UserSequences
+
+
+def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
+                     seed: int, start_step: int = 0) -> tf.data.Dataset:
+  """An endless stream of training batches, built a whole batch at a time.
+
+  Each example, as in the reference code: a uniformly random training user,
+  a target position k uniform in [4, len), the history the up to `seq_len`
+  items before k. Batch `step` depends only on (seed, step), so a resumed run
+  continues the same stream from `start_step`.
+
+  Args:
+    split: the training users; users with fewer than 5 items cannot give an
+      example and are skipped.
+    seq_len: history length n.
+    batch_size: examples per batch B.
+    seed: the stream's seed.
+    start_step: index of the first batch.
+
+  Returns:
+    A dataset of {"history": int32 [B, n], "target": int32 [B]}.
+  """
+  usable = np.flatnonzero(split.lengths > config.MIN_TARGET_POSITION)
+  if len(usable) == 0:
+    raise ValueError("no training user has more than "
+                     f"{config.MIN_TARGET_POSITION} interactions")
+  starts = tf.constant(split.offsets[usable], tf.int64)
+  lengths = tf.constant(split.lengths[usable], tf.int64)
+  items = tf.constant(split.items, tf.int32)
+  positions = tf.range(seq_len, dtype=tf.int64)
+
+  def make_batch(step):
+    user_seed = tf.stack([tf.cast(seed, tf.int64), step])
+    user = tf.random.stateless_uniform([batch_size], user_seed, 0,
+                                       len(usable), dtype=tf.int64)
+    length = tf.gather(lengths, user)
+    fraction = tf.random.stateless_uniform([batch_size], user_seed + [0, 1],
+                                           dtype=tf.float64)
+    span = tf.cast(length - config.MIN_TARGET_POSITION, tf.float64)
+    target_position = config.MIN_TARGET_POSITION + tf.minimum(
+        tf.cast(fraction * span, tf.int64), length - 1 -
+        config.MIN_TARGET_POSITION)
+    first = tf.maximum(target_position - seq_len, 0)
+    start = tf.gather(starts, user)
+    index = first[:, None] + positions[None, :]
+    valid = index < target_position[:, None]
+    history = tf.gather(items, tf.where(valid, start[:, None] + index, 0))
+    return {
+        "history": tf.where(valid, history, 0),
+        "target": tf.gather(items, start + target_position),
+    }
+
+  return (tf.data.Dataset.counter(start=start_step)
+          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+               deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationExamples:
+  """Validation/test users as (history, held-out targets).
+
+  Attributes:
+    histories: int32 [U, n], the last n items of each user's first
+      int(0.8 * len) items, right-padded with 0.
+    targets: int32 [U, T], the remaining items in time order (repeats kept),
+      right-padded with 0.
+  """
+
+  histories: np.ndarray
+  targets: np.ndarray
+
+  @property
+  def num_users(self) -> int:
+    return len(self.histories)
+
+
+def evaluation_examples(split: UserSequences,
+                        seq_len: int) -> EvaluationExamples:
+  """Builds the evaluation examples of a validation or test split."""
+  lengths = split.lengths
+  cut = (lengths * config.HISTORY_FRACTION).astype(np.int64)
+  history_start = np.maximum(cut - seq_len, 0)
+  histories = _gather_windows(split, history_start, cut - history_start,
+                              seq_len)
+  num_targets = lengths - cut
+  targets = _gather_windows(split, cut, num_targets,
+                            max(int(num_targets.max(initial=0)), 1))
+  return EvaluationExamples(histories=histories, targets=targets)
+
+
+def _gather_windows(split: UserSequences, first: np.ndarray,
+                    count: np.ndarray, width: int) -> np.ndarray:
+  """int32 [U, width]: items first..first+count of each user, right-padded."""
+  columns = np.arange(width)[None, :]
+  valid = columns < count[:, None]
+  index = split.offsets[:-1, None] + first[:, None] + columns
+  index = np.where(valid, index, 0)
+  return np.where(valid, split.items[index], 0).astype(np.int32)

@@ -1,0 +1,164 @@
+"""The ComiRec/REMI preprocessing protocol, exactly as the reference scripts.
+
+1. Count each item's interactions (repeats included); keep items with
+   count >= threshold.
+2. Keep users with >= threshold interactions on kept items (one pass each,
+   in this order; not an iterated k-core).
+3. Number kept items 1..N by descending count, ties in order of first
+   appearance in the raw file; 0 is padding.
+4. Shuffle users (in order of first appearance) with a fixed seed, split
+   8:1:1 into train, validation and test; sort each user's interactions by
+   time, stably (ties keep file order).
+"""
+
+import dataclasses
+from typing import Dict
+
+import numpy as np
+import pandas as pd
+
+from remi_tf import config
+
+
+class EmptyDatasetError(ValueError):
+  """Filtering left nothing to train on; says which threshold did it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserSequences:
+  """The time-ordered item sequences of one split's users (CSR layout).
+
+  Attributes:
+    offsets: int64 [num_users + 1]; user u's items are
+      `items[offsets[u]:offsets[u + 1]]`.
+    items: int32 [num_interactions], item ids in 1..N, oldest first.
+    users: str [num_users], the users' raw ids.
+  """
+
+  offsets: np.ndarray
+  items: np.ndarray
+  users: np.ndarray
+
+  @property
+  def num_users(self) -> int:
+    return len(self.users)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """int64 [num_users]: each user's sequence length."""
+    return np.diff(self.offsets)
+
+  def sequence(self, user: int) -> np.ndarray:
+    """The item ids of one user, oldest first."""
+    return self.items[self.offsets[user]:self.offsets[user + 1]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessedDataset:
+  """The output of the protocol: splits, the raw-id vocabulary, statistics.
+
+  Attributes:
+    item_vocab: str [N]; the raw id of item id i is `item_vocab[i - 1]`.
+    item_counts: int64 [N + 1]; raw interaction count of each item id
+      (0 for padding), the popularity that ordered the ids.
+    train, valid, test: the user splits.
+    stats: users, items, interactions, mean sequence length, split sizes.
+  """
+
+  item_vocab: np.ndarray
+  item_counts: np.ndarray
+  train: UserSequences
+  valid: UserSequences
+  test: UserSequences
+  stats: Dict[str, float]
+
+  @property
+  def num_items(self) -> int:
+    """N, the number of real items (ids 1..N)."""
+    return len(self.item_vocab)
+
+
+def preprocess(log: pd.DataFrame, threshold: int,
+               seed: int = config.SPLIT_SEED) -> ProcessedDataset:
+  """Applies the protocol to an interaction log.
+
+  Args:
+    log: columns user, item (str) and timestamp (int), in file order.
+    threshold: minimum interactions of a kept item and of a kept user.
+    seed: seed of the user shuffle.
+
+  Returns:
+    The processed dataset.
+
+  Raises:
+    EmptyDatasetError: no item or no user passes the threshold, or too few
+      users remain to split 8:1:1.
+  """
+  if threshold < 1:
+    raise ValueError(f"threshold must be >= 1, got {threshold}")
+  item_codes, raw_items = pd.factorize(log["item"], sort=False)
+  counts = np.bincount(item_codes, minlength=len(raw_items))
+  by_popularity = np.argsort(-counts, kind="stable")
+  num_kept = int(np.sum(counts >= threshold))
+  if num_kept == 0:
+    raise EmptyDatasetError(
+        f"no item has at least {threshold} interactions (threshold "
+        f"{threshold}, most popular item has {counts.max(initial=0)}); lower "
+        "--threshold")
+  new_id = np.zeros(len(raw_items), dtype=np.int32)
+  new_id[by_popularity[:num_kept]] = np.arange(1, num_kept + 1, dtype=np.int32)
+
+  item_ids = new_id[item_codes]
+  on_kept = item_ids > 0
+  user_codes, raw_users = pd.factorize(log["user"], sort=False)
+  kept_per_user = np.bincount(user_codes[on_kept], minlength=len(raw_users))
+  kept_users = np.flatnonzero(kept_per_user >= threshold)
+  if len(kept_users) < 10:
+    raise EmptyDatasetError(
+        f"{len(kept_users)} users have at least {threshold} interactions on "
+        f"items kept by threshold {threshold}; the 8:1:1 split needs 10. "
+        "Lower --threshold or use more data")
+
+  shuffled = np.random.RandomState(seed).permutation(kept_users)
+  first_valid = int(len(shuffled) * config.TRAIN_FRACTION)
+  first_test = int(len(shuffled) *
+                   (config.TRAIN_FRACTION + config.VALID_FRACTION))
+  timestamps = log["timestamp"].to_numpy()
+  splits = [
+      _user_sequences(users, user_codes, item_ids, timestamps, raw_users)
+      for users in (shuffled[:first_valid], shuffled[first_valid:first_test],
+                    shuffled[first_test:])
+  ]
+  item_counts = np.zeros(num_kept + 1, dtype=np.int64)
+  item_counts[1:] = counts[by_popularity[:num_kept]]
+  interactions = sum(len(split.items) for split in splits)
+  stats = {
+      "users": int(len(kept_users)),
+      "items": int(num_kept),
+      "interactions": int(interactions),
+      "mean_sequence_length": float(interactions / len(kept_users)),
+      "train_users": splits[0].num_users,
+      "valid_users": splits[1].num_users,
+      "test_users": splits[2].num_users,
+      "threshold": int(threshold),
+  }
+  return ProcessedDataset(
+      item_vocab=np.asarray(raw_items[by_popularity[:num_kept]]).astype(str),
+      item_counts=item_counts, train=splits[0], valid=splits[1],
+      test=splits[2], stats=stats)
+
+
+def _user_sequences(users: np.ndarray, user_codes: np.ndarray,
+                    item_ids: np.ndarray, timestamps: np.ndarray,
+                    raw_users) -> UserSequences:
+  """Gathers the kept interactions of `users`, time-sorted per user."""
+  position = np.full(len(raw_users), -1, dtype=np.int64)
+  position[users] = np.arange(len(users))
+  rows = np.flatnonzero((item_ids > 0) & (position[user_codes] >= 0))
+  order = np.lexsort((timestamps[rows], position[user_codes[rows]]))
+  rows = rows[order]
+  lengths = np.bincount(position[user_codes[rows]], minlength=len(users))
+  offsets = np.zeros(len(users) + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  return UserSequences(offsets=offsets, items=item_ids[rows].astype(np.int32),
+                       users=np.asarray(raw_users[users]).astype(str))

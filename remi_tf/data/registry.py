@@ -1,0 +1,48 @@
+"""The datasets remi-tf knows: each name's parser and canonical source."""
+
+import dataclasses
+from typing import Callable, Optional
+
+import pandas as pd
+
+from remi_tf.data import amazon_books, csv_log, gowalla, movielens, retailrocket
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+  """Where a dataset's raw file comes from and how it is read.
+
+  Attributes:
+    read: parser from a raw file path to an interaction log.
+    url: the canonical file, or None where there is none to download.
+    archive_member: the raw file inside a downloaded archive, if any.
+    manual: where a download needs a login, what the user must do instead.
+  """
+
+  read: Callable[[str], pd.DataFrame]
+  url: Optional[str]
+  archive_member: Optional[str] = None
+  manual: Optional[str] = None
+
+
+SOURCES = {
+    "gowalla": DatasetSource(gowalla.read, gowalla.URL),
+    "retailrocket": DatasetSource(
+        retailrocket.read, None,
+        manual=("RetailRocket is on Kaggle behind a login: download "
+                f"events.csv from {retailrocket.URL}")),
+    "amazon-books": DatasetSource(amazon_books.read, amazon_books.URL),
+    "movielens-1m": DatasetSource(movielens.read, movielens.URL,
+                                  archive_member=movielens.MEMBER),
+    "csv": DatasetSource(csv_log.read, None,
+                         manual="the csv dataset is your own file"),
+}
+
+
+def source(name: str) -> DatasetSource:
+  """Returns the source of a dataset; unknown names list the choices."""
+  try:
+    return SOURCES[name]
+  except KeyError:
+    raise ValueError(f"unknown dataset {name!r}; choose one of "
+                     f"{', '.join(sorted(SOURCES))}") from None

@@ -1,0 +1,123 @@
+"""REMI's training losses, pure functions of tensors.
+
+- `ihn_softmax_cross_entropy`: sampled softmax with Interest-aware Hard
+  Negative re-weighting (REMI eq. 10-12, Algorithm 1); beta = 0 is exactly
+  `tf.nn.sampled_softmax_loss`.
+- `SampledSoftmaxIHN`: the same as a Keras loss for `tfrs.tasks.Retrieval`.
+- `routing_regularization`: REMI's routing regularizer (eq. 13-14).
+- `routing_diagnostics`: how collapsed the routing is (paper Figure 1b).
+"""
+
+from typing import Dict
+
+import tensorflow as tf
+from tensorflow_recommenders.layers.loss import MIN_FLOAT
+
+# TFRS masks removed candidates (accidental hits, score_mask) by setting their
+# logits to MIN_FLOAT; anything below half of it is a removed candidate.
+REMOVED_LOGIT = MIN_FLOAT / 2
+
+
+def ihn_softmax_cross_entropy(positive_logits: tf.Tensor, logits: tf.Tensor,
+                              negative_mask: tf.Tensor,
+                              beta: float) -> tf.Tensor:
+  """Softmax cross-entropy against re-weighted negatives, per example.
+
+  With s_j the logits of example b's negatives (mask true):
+  imp_j = exp(beta s_j), Ng = sum_j imp_j e^{s_j} / mean_j imp_j,
+  loss_b = -log(e^{s+} / (e^{s+} + Ng)). beta = 0 gives imp_j = 1, the plain
+  sampled softmax. Computed with row maxima subtracted, so large beta and
+  large logits give no inf or NaN; the weights keep their gradient, as in
+  the authors' code.
+
+  Args:
+    positive_logits: float [B], s+ (already corrected by log Q if sampled).
+    logits: float [B, C], the candidates' logits (corrected likewise).
+    negative_mask: bool [B, C], which candidates are the example's negatives.
+    beta: IHN sharpness (>= 0).
+
+  Returns:
+    float [B], the per-example loss.
+  """
+  negative_mask = tf.cast(negative_mask, tf.bool)
+  masked = tf.where(negative_mask, logits, MIN_FLOAT)
+  row_max = tf.stop_gradient(tf.maximum(tf.reduce_max(masked, axis=1),
+                                        positive_logits))
+  positive_shifted = positive_logits - row_max
+  negative_exp = tf.where(negative_mask, tf.exp(masked - row_max[:, None]),
+                          0.0)
+  sharpened = beta * masked
+  sharpened_max = tf.stop_gradient(tf.reduce_max(sharpened, axis=1,
+                                                 keepdims=True))
+  importance = tf.where(negative_mask, tf.exp(sharpened - sharpened_max), 0.0)
+  count = tf.reduce_sum(tf.cast(negative_mask, logits.dtype), axis=1)
+  mean_importance = tf.reduce_sum(importance, axis=1) / tf.maximum(count, 1.0)
+  weighted_negatives = tf.math.divide_no_nan(
+      tf.reduce_sum(importance * negative_exp, axis=1), mean_importance)
+  return tf.math.log(tf.exp(positive_shifted) + weighted_negatives) - (
+      positive_shifted)
+
+
+class SampledSoftmaxIHN(tf.keras.losses.Loss):
+  """`ihn_softmax_cross_entropy` in the layout of `tfrs.tasks.Retrieval`.
+
+  The task passes y_true [B, C], one 1 per row at the example's positive, and
+  y_pred [B, C], the logits with removed candidates (accidental hits, masked
+  scores) set to TFRS's MIN_FLOAT. Every other candidate is a negative.
+  Reduced by the mean over the batch (TFRS's default loss sums; learning
+  rates here are tuned for the mean).
+  """
+
+  def __init__(self, beta: float = 0.0, name: str = "sampled_softmax_ihn"):
+    super().__init__(name=name,
+                     reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE)
+    if beta < 0:
+      raise ValueError(f"beta must be >= 0, got {beta}")
+    self.beta = float(beta)
+
+  def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    y_true = tf.cast(y_true, y_pred.dtype)
+    positive = tf.reduce_sum(tf.where(y_true > 0, y_pred, 0.0), axis=1)
+    negatives = (y_true <= 0) & (y_pred > REMOVED_LOGIT)
+    return ihn_softmax_cross_entropy(positive, y_pred, negatives, self.beta)
+
+  def get_config(self):
+    return {**super().get_config(), "beta": self.beta}
+
+
+def routing_regularization(routing: tf.Tensor, embedding_dim: int) -> tf.Tensor:
+  """REMI's routing regularizer, summed over the batch.
+
+  Per user, with A the routing [n, K]: C = (A - mean_pos(A))^T
+  (A - mean_pos(A)) / d and the term is ||diag(C)||^2 (only the diagonal is
+  computed). The / d and the batch sum follow the authors' code, so the
+  paper's lambda = 100 means the same here.
+
+  Args:
+    routing: float [B, K, n], each interest's weights over history positions.
+    embedding_dim: d.
+
+  Returns:
+    A scalar.
+  """
+  centered = routing - tf.reduce_mean(routing, axis=2, keepdims=True)
+  variances = tf.reduce_sum(tf.square(centered), axis=2) / embedding_dim
+  return tf.reduce_sum(tf.square(variances))
+
+
+def routing_diagnostics(routing: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """How concentrated the routing is; collapse shows as max weight near 1.
+
+  Args:
+    routing: float [B, K, n], each interest's weights over positions.
+
+  Returns:
+    `routing_max_weight`: mean over users and interests of the largest
+    weight; `routing_entropy`: mean entropy (nats) of each interest's weights.
+  """
+  entropy = -tf.reduce_sum(
+      tf.math.multiply_no_nan(tf.math.log(routing), routing), axis=2)
+  return {
+      "routing_max_weight": tf.reduce_mean(tf.reduce_max(routing, axis=2)),
+      "routing_entropy": tf.reduce_mean(entropy),
+  }

@@ -1,0 +1,126 @@
+"""Dynamic-routing encoders: ComiRec-DR and MIND.
+
+Both map each history item to a prediction per interest (u_hat), then route
+for a fixed number of iterations: routing weights are a masked softmax over
+positions of the routing logits b (as in the REMI reference code),
+interests are squash(weights . u_hat), and b grows by u_hat . interest.
+Earlier iterations see u_hat without gradient; the last one with it.
+"""
+
+import tensorflow as tf
+
+from remi_tf.models.self_attentive import masked_softmax
+
+
+def squash(vectors: tf.Tensor) -> tf.Tensor:
+  """Capsule squashing: |s|^2 / (1 + |s|^2) * s / |s|, over the last axis."""
+  squared_norm = tf.reduce_sum(tf.square(vectors), axis=-1, keepdims=True)
+  scale = squared_norm / (1.0 + squared_norm) / tf.sqrt(squared_norm + 1e-9)
+  return scale * vectors
+
+
+class PerPositionBilinear(tf.keras.layers.Layer):
+  """ComiRec-DR's u_hat: a separate d x (K d) map for every position."""
+
+  def __init__(self, num_interests: int, seq_len: int, **kwargs):
+    super().__init__(**kwargs)
+    self.num_interests = num_interests
+    self.seq_len = seq_len
+
+  def build(self, input_shape):
+    dim = int(input_shape[-1])
+    self.maps = self.add_weight(
+        name="bilinear", shape=(self.seq_len, dim, self.num_interests * dim),
+        initializer="glorot_normal")
+    super().build(input_shape)
+
+  def call(self, history: tf.Tensor) -> tf.Tensor:
+    """history float [B, n, d] -> u_hat float [B, K, n, d]."""
+    predictions = tf.einsum("bnd,nde->bne", history, self.maps)
+    shape = tf.shape(history)
+    predictions = tf.reshape(
+        predictions, [shape[0], shape[1], self.num_interests, shape[2]])
+    return tf.transpose(predictions, [0, 2, 1, 3])
+
+
+class SharedBilinear(tf.keras.layers.Layer):
+  """MIND's u_hat: one shared d x d map, the same prediction for every
+  interest."""
+
+  def __init__(self, num_interests: int, **kwargs):
+    super().__init__(**kwargs)
+    self.num_interests = num_interests
+
+  def build(self, input_shape):
+    self.map = tf.keras.layers.Dense(int(input_shape[-1]), use_bias=False,
+                                     name="bilinear")
+    super().build(input_shape)
+
+  def call(self, history: tf.Tensor) -> tf.Tensor:
+    """history float [B, n, d] -> u_hat float [B, K, n, d]."""
+    predictions = self.map(history)[:, None]
+    return tf.tile(predictions, [1, self.num_interests, 1, 1])
+
+
+class DynamicRouting(tf.keras.layers.Layer):
+  """Capsule routing from u_hat to K interest capsules.
+
+  Args:
+    predictor: the layer giving u_hat [B, K, n, d] from the history.
+    num_interests: K.
+    seq_len: n.
+    iterations: routing iterations (3).
+    random_init: MIND starts the routing logits from a Gaussian draw, which
+      breaks the symmetry of its identical predictions. The draw is made once
+      and kept as a fixed weight, so a trained model answers deterministically.
+  """
+
+  def __init__(self, predictor: tf.keras.layers.Layer, num_interests: int,
+               seq_len: int, iterations: int = 3, random_init: bool = False,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.predictor = predictor
+    self.num_interests = num_interests
+    self.seq_len = seq_len
+    self.iterations = iterations
+    self.random_init = random_init
+
+  def build(self, input_shape):
+    self.initial_logits = self.add_weight(
+        name="initial_routing_logits",
+        shape=(self.num_interests, self.seq_len), trainable=False,
+        initializer="random_normal" if self.random_init else "zeros")
+    super().build(input_shape)
+
+  def call(self, history: tf.Tensor, mask: tf.Tensor):
+    """history float [B, n, d], mask float [B, n].
+
+    Returns:
+      interests float [B, K, d], routing float [B, K, n].
+    """
+    predictions = self.predictor(history)
+    frozen = tf.stop_gradient(predictions)
+    logits = tf.tile(self.initial_logits[None], [tf.shape(history)[0], 1, 1])
+    mask = mask[:, None, :]
+    for iteration in range(self.iterations):
+      routing = masked_softmax(logits, mask)
+      last = iteration == self.iterations - 1
+      source = predictions if last else frozen
+      interests = squash(tf.einsum("bkn,bknd->bkd", routing, source))
+      if not last:
+        logits += tf.einsum("bknd,bkd->bkn", frozen, interests)
+    return interests, routing
+
+
+def comirec_dr(num_interests: int, seq_len: int) -> DynamicRouting:
+  """The ComiRec-DR encoder: per-position bilinear maps, zero-initialized
+  routing."""
+  return DynamicRouting(PerPositionBilinear(num_interests, seq_len),
+                        num_interests, seq_len, name="comirec_dr")
+
+
+def mind(num_interests: int, seq_len: int) -> DynamicRouting:
+  """The MIND encoder: one shared bilinear map, randomly initialized
+  routing."""
+  return DynamicRouting(SharedBilinear(num_interests), num_interests, seq_len,
+                        random_init=True, name="mind")

@@ -1,0 +1,94 @@
+"""The REMI training model: a `tfrs.Model` joining a user tower, its shared
+item embeddings and a `tfrs.tasks.Retrieval` task whose loss is the sampled
+softmax with IHN, plus routing regularization."""
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from remi_tf import losses
+
+
+def hard_readout(interests: tf.Tensor, positives: tf.Tensor) -> tf.Tensor:
+  """The interest closest to the positive item, per example.
+
+  Args:
+    interests: float [B, K, d].
+    positives: float [B, d], the positive items' embeddings.
+
+  Returns:
+    float [B, d], interests[b, argmax_k <interests[b, k], positives[b]>].
+  """
+  affinity = tf.einsum("bkd,bd->bk", interests, positives)
+  return tf.gather(interests, tf.argmax(affinity, axis=1), batch_dims=1)
+
+
+class RetrievalModel(tfrs.Model):
+  """Trains a user tower with REMI's objective.
+
+  Candidates of a batch are its B positives followed by S negatives from
+  `sampler`; each example scores its own positive and the S negatives (the
+  other positives are masked out, as `tf.nn.sampled_softmax_loss` has no
+  in-batch negatives), logits corrected by the log expected count and
+  accidental hits removed by the task.
+
+  Args:
+    tower: a user tower (`call(history)`, `item_embedding`, `item_table()`).
+    sampler: a `sampling.CandidateSampler` or `sampling.FullCatalog`.
+    beta: IHN sharpness (0: plain sampled softmax).
+    rr_lambda: weight of routing regularization (0: none).
+  """
+
+  def __init__(self, tower: tf.keras.Model, sampler: tf.keras.layers.Layer,
+               beta: float, rr_lambda: float, **kwargs):
+    super().__init__(**kwargs)
+    self.tower = tower
+    self.sampler = sampler
+    self.rr_lambda = float(rr_lambda)
+    self.task = tfrs.tasks.Retrieval(loss=losses.SampledSoftmaxIHN(beta),
+                                     remove_accidental_hits=True)
+    self.trackers = {
+        name: tf.keras.metrics.Mean(name=name)
+        for name in ("softmax_loss", "rr_loss", "routing_max_weight",
+                     "routing_entropy")
+    }
+
+  def call(self, history: tf.Tensor, training=False):
+    """history int [B, n] -> {"interests": [B, K, d], "routing": [B, K, n]}."""
+    return self.tower(history, training=training)
+
+  def compute_loss(self, features, training=False) -> tf.Tensor:
+    """Mean sampled-softmax (IHN) loss + rr_lambda * routing regularizer.
+
+    Args:
+      features: {"history": int [B, n], "target": int [B]}.
+      training: Keras training flag.
+    """
+    outputs = self.tower(features["history"], training=training)
+    interests, routing = outputs["interests"], outputs["routing"]
+    target = tf.cast(features["target"], tf.int32)
+    positives = self.tower.item_embedding(target)
+    query = hard_readout(interests, positives)
+
+    candidates = self.sampler(target)
+    candidate_ids = tf.concat([target, candidates.ids], axis=0)
+    candidate_embeddings = tf.concat(
+        [positives, self.tower.item_embedding(candidates.ids)], axis=0)
+    probabilities = None
+    if candidates.expected_counts is not None:
+      probabilities = tf.concat([candidates.positive_expected_counts,
+                                 candidates.expected_counts], axis=0)
+    batch = tf.shape(target)[0]
+    own_positive_and_negatives = tf.concat(
+        [tf.eye(batch, dtype=tf.bool),
+         tf.ones([batch, tf.shape(candidates.ids)[0]], tf.bool)], axis=1)
+    softmax_loss = self.task(
+        query, candidate_embeddings,
+        candidate_sampling_probability=probabilities,
+        candidate_ids=candidate_ids, score_mask=own_positive_and_negatives,
+        compute_metrics=False, compute_batch_metrics=False)
+    rr_loss = losses.routing_regularization(routing, interests.shape[-1])
+    self.trackers["softmax_loss"].update_state(softmax_loss)
+    self.trackers["rr_loss"].update_state(rr_loss)
+    for name, value in losses.routing_diagnostics(routing).items():
+      self.trackers[name].update_state(value)
+    return softmax_loss + self.rr_lambda * rr_loss

@@ -1,0 +1,84 @@
+"""The user tower: item embeddings (shared with the candidates) and a
+multi-interest encoder."""
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from remi_tf import config
+from remi_tf.models import capsule, popularity, self_attentive
+from remi_tf.models import single_interest
+
+
+class UserTower(tf.keras.Model):
+  """History of item ids -> interests and routing.
+
+  Args:
+    num_items: N; the embedding table has N + 1 rows, row 0 padding.
+    encoder: a layer (history embeddings [B, n, d], mask [B, n]) ->
+      (interests [B, K, d], routing [B, K, n]).
+    embedding_dim: d.
+  """
+
+  def __init__(self, num_items: int, encoder: tf.keras.layers.Layer,
+               embedding_dim: int, **kwargs):
+    super().__init__(**kwargs)
+    self.item_embedding = tf.keras.layers.Embedding(
+        num_items + 1, embedding_dim, name="item_embeddings",
+        embeddings_initializer="glorot_normal")
+    self.encoder = encoder
+
+  def call(self, history: tf.Tensor, training=False):
+    """history int [B, n], 0 = padding.
+
+    Returns:
+      {"interests": float [B, K, d], "routing": float [B, K, n]}; padding
+      positions change neither.
+    """
+    mask = tf.cast(history > 0, tf.float32)
+    embedded = self.item_embedding(history) * mask[..., None]
+    interests, routing = self.encoder(embedded, mask)
+    return {"interests": interests, "routing": routing}
+
+  def item_table(self) -> tf.Tensor:
+    """float [N + 1, d], every item's embedding (row 0 padding)."""
+    return self.item_embedding.embeddings
+
+
+def build_user_tower(model_config: config.ModelConfig, num_items: int,
+                     item_counts: Optional[np.ndarray] = None
+                     ) -> tf.keras.Model:
+  """The tower named by `model_config.model`.
+
+  Args:
+    model_config: model name, K, d and n.
+    num_items: N.
+    item_counts: int [N + 1] popularity, needed by "pop" only.
+
+  Returns:
+    A built Keras model with `call(history)` and `item_table()`.
+  """
+  name, k, n = model_config.model, model_config.interests, model_config.seq_len
+  if name == "pop":
+    if item_counts is None:
+      raise ValueError("the pop model needs the item counts")
+    tower = popularity.PopularityTower(item_counts, name="pop")
+  else:
+    encoders = {
+        "comirec-sa": lambda: self_attentive.ComiRecSA(k, n, name="comirec_sa"),
+        "comirec-dr": lambda: capsule.comirec_dr(k, n),
+        "mind": lambda: capsule.mind(k, n),
+        "youtube-dnn": lambda: single_interest.MeanPoolingMLP(
+            name="youtube_dnn"),
+        "gru4rec": lambda: single_interest.GRUEncoder(name="gru4rec"),
+    }
+    if name not in encoders:
+      raise ValueError(f"unknown model {name!r}; choose one of "
+                       f"{', '.join(config.MODELS)}")
+    if k < 1:
+      raise ValueError(f"--interests must be >= 1, got {k}")
+    tower = UserTower(num_items, encoders[name](), model_config.embedding_dim,
+                      name="user_tower")
+  tower(tf.zeros([1, n], tf.int32))
+  return tower

@@ -1,0 +1,86 @@
+"""Train, evaluate and export a multi-interest retrieval model.
+
+  python pipelines/train.py --dataset gowalla --raw-file PATH
+  python pipelines/train.py --dataset csv --raw-file my_log.csv --beta 0 --rr-lambda 0
+
+Defaults are the paper's, per dataset (remi_tf/config.py). Running the same
+command again resumes an interrupted run.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from remi_tf import config, runs  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--dataset", required=True,
+                      choices=sorted(config.DATASET_DEFAULTS))
+  parser.add_argument("--raw-file", help="local copy of the raw file "
+                      "(default: download the canonical one)")
+  parser.add_argument("--model", choices=config.MODELS, default=None,
+                      help="user tower (default comirec-sa)")
+  parser.add_argument("--interests", type=int, help="K (default 4)")
+  parser.add_argument("--embedding-dim", type=int, help="d (default 64)")
+  parser.add_argument("--seq-len", type=int, help="history length "
+                      "(default per dataset)")
+  parser.add_argument("--threshold", type=int, help="item/user filter "
+                      "(default per dataset)")
+  parser.add_argument("--beta", type=float, help="IHN sharpness (default "
+                      "per dataset; 0 = plain sampled softmax)")
+  parser.add_argument("--rr-lambda", type=float,
+                      help="routing regularization weight (default 100)")
+  parser.add_argument("--negatives", type=int, help="sampled negatives per "
+                      "batch (default 1280)")
+  parser.add_argument("--sampler", choices=config.SAMPLERS,
+                      help="negative sampler (default uniform)")
+  parser.add_argument("--batch-size", type=int, help="default 128")
+  parser.add_argument("--learning-rate", type=float, help="Adam, default 1e-3")
+  parser.add_argument("--max-steps", type=int, help="default 1,000,000")
+  parser.add_argument("--eval-every", type=int, help="steps between "
+                      "validations (default 1000)")
+  parser.add_argument("--patience", type=int, help="validations without "
+                      "improvement before stopping (default 50)")
+  parser.add_argument("--seed", type=int, help="default 2023")
+  parser.add_argument("--output", help="run folder (default "
+                      "runs/<dataset>-<model>-<time>, or the unfinished run "
+                      "of the same configuration)")
+  parser.add_argument("--export-dir", help="default saved_models/<dataset>")
+  parser.add_argument("--no-export", action="store_true")
+  parser.add_argument("--cache-dir", help="downloads and preprocessed data "
+                      "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  logging.getLogger("remi_tf").setLevel(logging.INFO)
+  args = parse_args(argv)
+  run_config = runs.resolve_config(
+      args.dataset, args.raw_file, model=args.model, interests=args.interests,
+      embedding_dim=args.embedding_dim, seq_len=args.seq_len,
+      threshold=args.threshold, beta=args.beta, rr_lambda=args.rr_lambda,
+      negatives=args.negatives, sampler=args.sampler,
+      batch_size=args.batch_size, learning_rate=args.learning_rate,
+      max_steps=args.max_steps, eval_every=args.eval_every,
+      patience=args.patience, seed=args.seed)
+  run_dir = args.output or runs.default_run_dir(run_config)
+  export_dir = None if args.no_export else (
+      args.export_dir or os.path.join("saved_models", args.dataset))
+  print(f"run folder: {run_dir}", flush=True)
+  metrics = runs.train_run(run_config, run_dir, export_dir, args.cache_dir)
+  print(json.dumps({key: metrics[key] for key in
+                    ("dataset", "valid", "test", "steps", "train_seconds",
+                     "samples_per_second")}, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,84 @@
+"""Top-N retrieval for multi-interest users: each interest's candidates
+merged by max score, duplicates removed. The one merge shared by exact
+evaluation, the ScaNN index, the export and the service.
+
+Pure TensorFlow (no training code), so a serving host can use it.
+"""
+
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+NO_ITEM = 0  # id of padding; also fills lists shorter than n
+
+
+def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
+                         exclude: Optional[tf.Tensor] = None
+                         ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Merges per-interest candidate lists into one top-n list per user.
+
+  An item's score is its best score over the interests (max over
+  interests); padding (id 0), duplicates and excluded ids are dropped.
+
+  Args:
+    ids: int [B, K, M], each interest's candidate ids.
+    scores: float [B, K, M], their scores.
+    n: list length.
+    exclude: int [B, E] ids to drop per user (0 entries ignored), or None.
+
+  Returns:
+    (ids int [B, n], scores float [B, n]) best first; where fewer than n
+    items remain, the tail is id 0 with score -inf.
+  """
+  batch = tf.shape(ids)[0]
+  flat_ids = tf.reshape(ids, [batch, -1])
+  flat_scores = tf.reshape(scores, [batch, -1])
+  order = tf.argsort(flat_scores, axis=1, direction="DESCENDING", stable=True)
+  flat_ids = tf.gather(flat_ids, order, batch_dims=1)
+  flat_scores = tf.gather(flat_scores, order, batch_dims=1)
+  width = tf.shape(flat_ids)[1]
+  earlier = tf.linalg.band_part(tf.ones([width, width], tf.bool), -1, 0)
+  earlier = earlier & ~tf.eye(width, dtype=tf.bool)
+  same = tf.equal(flat_ids[:, :, None], flat_ids[:, None, :])
+  dropped = tf.reduce_any(same & earlier[None], axis=2)
+  dropped |= flat_ids == NO_ITEM
+  if exclude is not None:
+    exclude = tf.cast(exclude, flat_ids.dtype)
+    dropped |= tf.reduce_any(
+        tf.equal(flat_ids[:, :, None], exclude[:, None, :])
+        & (exclude[:, None, :] != NO_ITEM), axis=2)
+  kept_scores = tf.where(dropped, tf.constant(-float("inf"),
+                                              flat_scores.dtype), flat_scores)
+  top_scores, top = tf.math.top_k(kept_scores, k=tf.minimum(n, width))
+  top_ids = tf.where(tf.math.is_finite(top_scores),
+                     tf.gather(flat_ids, top, batch_dims=1),
+                     tf.cast(NO_ITEM, flat_ids.dtype))
+  missing = n - tf.shape(top_ids)[1]
+  top_ids = tf.pad(top_ids, [[0, 0], [0, missing]])
+  top_scores = tf.pad(top_scores, [[0, 0], [0, missing]],
+                      constant_values=-float("inf"))
+  return top_ids, top_scores
+
+
+def exact_top_n(interests: tf.Tensor, item_table: tf.Tensor, n: int,
+                exclude: Optional[tf.Tensor] = None
+                ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Exact top-n over the whole corpus by max over interests.
+
+  Args:
+    interests: float [B, K, d].
+    item_table: float [N + 1, d], row 0 padding (never returned).
+    n: list length.
+    exclude: optional int [B, E] ids to leave out.
+
+  Returns:
+    (ids int32 [B, n], scores float [B, n]), as `merge_over_interests`.
+  """
+  scores = tf.einsum("bkd,nd->bkn", interests, item_table)
+  num_rows = tf.shape(item_table)[0]
+  padding = tf.one_hot(NO_ITEM, num_rows, on_value=-float("inf"),
+                       off_value=0.0, dtype=scores.dtype)
+  per_interest = n if exclude is None else n + tf.shape(exclude)[1]
+  top_scores, top_ids = tf.math.top_k(scores + padding,
+                                      k=tf.minimum(per_interest, num_rows))
+  return merge_over_interests(top_ids, top_scores, n, exclude)

@@ -60,9 +60,9 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   unknown = set(given) - model_fields - train_fields - {"threshold"}
   if unknown:
     raise ValueError(f"unknown setting(s) {sorted(unknown)}")
-  model = config.ModelConfig(
-      seq_len=defaults.seq_len, beta=defaults.beta,
-      **{k: v for k, v in given.items() if k in model_fields})
+  model = config.ModelConfig(**{
+      "seq_len": defaults.seq_len, "beta": defaults.beta,
+      **{k: v for k, v in given.items() if k in model_fields}})
   if model.model not in config.MODELS:
     raise ValueError(f"unknown model {model.model!r}; choose one of "
                      f"{', '.join(config.MODELS)}")

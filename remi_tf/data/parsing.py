@@ -96,7 +96,7 @@ def to_epoch_seconds(values: pd.Series, path: str, field: str,
     line = int(values.index[bad.argmax()])
     raise RawFormatError(path, line,
                          f"field '{field}' is not a time: {values[line]!r}")
-  return (times.astype("int64") // 10**9).to_numpy()
+  return times.dt.as_unit("s").astype("int64").to_numpy()
 
 
 def interaction_log(users, items, timestamps) -> pd.DataFrame:

@@ -104,11 +104,13 @@ class DynamicRouting(tf.keras.layers.Layer):
     mask = mask[:, None, :]
     for iteration in range(self.iterations):
       routing = masked_softmax(logits, mask)
-      last = iteration == self.iterations - 1
-      source = predictions if last else frozen
-      interests = squash(tf.einsum("bkn,bknd->bkd", routing, source))
-      if not last:
-        logits += tf.einsum("bknd,bkd->bkn", frozen, interests)
+      if iteration == self.iterations - 1:
+        interests = squash(tf.einsum("bkn,bknd->bkd",
+                                     tf.stop_gradient(routing), predictions))
+      else:
+        interests = tf.stop_gradient(
+            squash(tf.einsum("bkn,bknd->bkd", routing, frozen)))
+        logits += tf.einsum("bknd,bkd->bkn", predictions, interests)
     return interests, routing
 
 

@@ -24,9 +24,13 @@ class UserTower(tf.keras.Model):
   def __init__(self, num_items: int, encoder: tf.keras.layers.Layer,
                embedding_dim: int, **kwargs):
     super().__init__(**kwargs)
+    # He initialization over the embedding width, as the REMI reference
+    # (torch's kaiming_normal_ on an [N, d] table); Glorot over N + d would
+    # shrink the rows of a 174k-item table to ~0.003 and stall learning.
     self.item_embedding = tf.keras.layers.Embedding(
         num_items + 1, embedding_dim, name="item_embeddings",
-        embeddings_initializer="glorot_normal")
+        embeddings_initializer=tf.keras.initializers.RandomNormal(
+            stddev=(2.0 / embedding_dim)**0.5))
     self.encoder = encoder
 
   def call(self, history: tf.Tensor, training=False):

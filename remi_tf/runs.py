@@ -132,3 +132,78 @@ def train_run(run_config: RunConfig, run_dir: str,
     metrics["export"] = export.export_model(
         result.model.tower, dataset, run_config, metrics, export_dir)
   return metrics
+
+
+def load_run(run_dir: str, cache_dir: Optional[str] = None):
+  """Rebuilds a finished run: its config, dataset, best model and metrics.
+
+  Returns:
+    (run_config, dataset, training model with the best weights, metrics).
+  """
+  for required in (training.CONFIG_FILE, training.METRICS_FILE):
+    if not os.path.exists(os.path.join(run_dir, required)):
+      raise FileNotFoundError(f"{run_dir} has no {required}: not a finished "
+                              "run")
+  with open(os.path.join(run_dir, training.CONFIG_FILE)) as stored:
+    run_config = RunConfig.from_json(json.load(stored))
+  with open(os.path.join(run_dir, training.METRICS_FILE)) as stored:
+    metrics = json.load(stored)
+  dataset = load_dataset(run_config.dataset, run_config.raw_file,
+                         run_config.threshold, cache_dir=cache_dir)
+  model = training.build_model(dataset, run_config.model,
+                               run_config.train.learning_rate,
+                               run_config.train.seed)
+  if run_config.model.model != "pop":
+    model.load_weights(os.path.join(run_dir, training.BEST_WEIGHTS)
+                       ).expect_partial()
+  return run_config, dataset, model, metrics
+
+
+def export_run(run_dir: str, export_dir: str,
+               cache_dir: Optional[str] = None) -> dict:
+  """Exports a finished run's best model to `export_dir`."""
+  from remi_tf import export  # pylint: disable=g-import-not-at-top
+  run_config, dataset, model, metrics = load_run(run_dir, cache_dir)
+  return export.export_model(model.tower, dataset, run_config, metrics,
+                             export_dir)
+
+
+def evaluate_run(run_dir: str, split: str = "test",
+                 cache_dir: Optional[str] = None) -> dict:
+  """The paper's metrics of a finished run's best model on a split."""
+  from remi_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
+  run_config, dataset, model, _ = load_run(run_dir, cache_dir)
+  examples = evaluation_examples(getattr(dataset, split),
+                                 run_config.model.seq_len)
+  return evaluation.evaluate(model.tower, examples)
+
+
+def evaluate_export(model_dir: str, split: str = "test",
+                    cache_dir: Optional[str] = None) -> dict:
+  """The paper's metrics of an export (its SavedModel user tower and item
+  embeddings, exact search) on a split of the dataset it was trained on."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from remi_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
+  from remi_tf.retrieval import exact_top_n  # pylint: disable=g-import-not-at-top
+  from remi_tf.serving.artifacts import load_artifacts  # pylint: disable=g-import-not-at-top
+  artifacts = load_artifacts(model_dir)
+  run_config = RunConfig.from_json(artifacts.metadata["config"])
+  dataset = load_dataset(run_config.dataset, run_config.raw_file,
+                         run_config.threshold, cache_dir=cache_dir)
+  if not np.array_equal(dataset.item_vocab, artifacts.vocabulary.raw_ids):
+    raise ValueError(f"{model_dir} was not trained on this dataset's items")
+  examples = evaluation_examples(getattr(dataset, split),
+                                 run_config.model.seq_len)
+  raw = np.concatenate([[""], dataset.item_vocab])
+  table = np.concatenate([np.zeros_like(artifacts.index.embeddings[:1]),
+                          artifacts.index.embeddings])
+  ranked = []
+  for start in range(0, examples.num_users, 256):
+    histories = raw[examples.histories[start:start + 256]].tolist()
+    interests = artifacts.user_tower.interests(histories)
+    ranked.append(exact_top_n(tf.constant(interests), tf.constant(table),
+                              max(evaluation.CUTOFFS))[0].numpy())
+  return evaluation.ranking_metrics(np.concatenate(ranked), examples.targets)

@@ -1,0 +1,35 @@
+"""Export a finished run's best model (user tower for TF Serving, ScaNN item
+index, end-to-end retrieval model, metadata).
+
+  python pipelines/export.py --run runs/gowalla-comirec-sa-20261126-120000 \
+      --export-dir saved_models/gowalla
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from remi_tf import runs  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--run", required=True, help="a finished run folder")
+  parser.add_argument("--export-dir", help="default saved_models/<dataset>")
+  parser.add_argument("--cache-dir", help="downloads and preprocessed data")
+  args = parser.parse_args(argv)
+  with open(os.path.join(args.run, "config.json")) as stored:
+    dataset = json.load(stored)["dataset"]
+  export_dir = args.export_dir or os.path.join("saved_models", dataset)
+  metadata = runs.export_run(args.run, export_dir, args.cache_dir)
+  print(json.dumps({"export_dir": export_dir, "versions": metadata["versions"],
+                    "index": metadata["index"]}, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,40 @@
+"""Serve recommendations over HTTP from an export.
+
+  python pipelines/serve.py --model-dir saved_models/gowalla
+  python pipelines/serve.py --model-dir saved_models/gowalla \
+      --tf-serving-url http://localhost:8501/v1/models/user_tower
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from remi_tf import serving  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--model-dir", required=True)
+  parser.add_argument("--host", default="127.0.0.1")
+  parser.add_argument("--port", type=int, default=8000)
+  parser.add_argument("--tf-serving-url", help="call TF Serving's REST API "
+                      "for the user tower instead of running it in-process")
+  parser.add_argument("--max-k", type=int, default=500,
+                      help="largest k a request may ask for")
+  args = parser.parse_args(argv)
+  try:
+    artifacts = serving.load_artifacts(args.model_dir, args.tf_serving_url)
+  except serving.ModelFolderError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  app = serving.create_app(serving.Recommender(artifacts, args.max_k))
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,183 @@
+"""The item index: ScaNN over the item embeddings, configured from the
+catalog size, checked against exact search, saved in ScaNN's own format.
+
+Layout of an `item_index/` folder:
+  embeddings.npy   float32 [N, d], row r is item id r + 1
+  raw_ids.npy      str [N], the raw id of each row
+  scann/           the serialized searcher (`scann_ops_pybind.load_searcher`)
+  index.json       configuration, search parameters and measured recall
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from remi_tf.retrieval import merge_over_interests
+
+# ScaNN's guidance: below ~20k points brute force is as fast as anything.
+BRUTE_FORCE_BELOW = 20_000
+TARGET_RECALL = 0.99
+RECALL_AT = 50
+
+
+@dataclasses.dataclass
+class IndexConfig:
+  """How the searcher was built and how it is searched.
+
+  Attributes:
+    kind: "brute_force" or "tree_ah".
+    num_leaves: partitions (tree_ah).
+    leaves_to_search: partitions searched per query.
+    reorder: candidates re-scored exactly after asymmetric hashing.
+    recall: measured recall@50 against exact search (None: not measured).
+  """
+
+  kind: str
+  num_leaves: int = 0
+  leaves_to_search: int = 0
+  reorder: int = 0
+  recall: Optional[float] = None
+
+
+def default_config(num_items: int) -> IndexConfig:
+  """ScaNN's recommended starting point for a catalog of `num_items`."""
+  if num_items < BRUTE_FORCE_BELOW:
+    return IndexConfig(kind="brute_force")
+  leaves = int(round(math.sqrt(num_items)))
+  return IndexConfig(kind="tree_ah", num_leaves=leaves,
+                     leaves_to_search=max(leaves // 10, 10), reorder=250)
+
+
+def build_searcher(embeddings: np.ndarray, index_config: IndexConfig):
+  """A ScaNN searcher (dot product) over float32 [N, d] embeddings."""
+  from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+  builder = scann_ops_pybind.builder(embeddings, RECALL_AT, "dot_product")
+  if index_config.kind == "brute_force":
+    return builder.score_brute_force().build()
+  return (builder.tree(num_leaves=index_config.num_leaves,
+                       num_leaves_to_search=index_config.leaves_to_search,
+                       training_sample_size=min(len(embeddings), 250_000))
+          .score_ah(2, anisotropic_quantization_threshold=0.2)
+          .reorder(index_config.reorder).build())
+
+
+class ItemIndex:
+  """Per-interest approximate top-n with ScaNN, merged over interests.
+
+  Args:
+    embeddings: float32 [N, d]; row r is item id r + 1.
+    searcher: a ScaNN searcher over them.
+    index_config: its configuration and search parameters.
+  """
+
+  def __init__(self, embeddings: np.ndarray, searcher,
+               index_config: IndexConfig):
+    self.embeddings = embeddings
+    self.searcher = searcher
+    self.config = index_config
+
+  @classmethod
+  def build(cls, embeddings: np.ndarray,
+            index_config: Optional[IndexConfig] = None) -> "ItemIndex":
+    """Builds the searcher (default configuration from the catalog size)."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    index_config = index_config or default_config(len(embeddings))
+    return cls(embeddings, build_searcher(embeddings, index_config),
+               index_config)
+
+  def search(self, queries: np.ndarray, n: int) -> Tuple[np.ndarray,
+                                                          np.ndarray]:
+    """Approximate top-n per query vector.
+
+    Args:
+      queries: float32 [Q, d].
+      n: neighbours per query.
+
+    Returns:
+      (item ids int32 [Q, n], scores float32 [Q, n]).
+    """
+    kwargs = {"final_num_neighbors": n}
+    if self.config.kind == "tree_ah":
+      kwargs.update(leaves_to_search=self.config.leaves_to_search,
+                    pre_reorder_num_neighbors=max(self.config.reorder, n))
+    rows, scores = self.searcher.search_batched(
+        np.ascontiguousarray(queries, dtype=np.float32), **kwargs)
+    return rows.astype(np.int32) + 1, scores
+
+  def top_n(self, interests: np.ndarray, n: int,
+            exclude: Optional[np.ndarray] = None
+            ) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-n items per user by max over interests.
+
+    Args:
+      interests: float32 [B, K, d].
+      n: list length.
+      exclude: int [B, E] item ids to leave out (0 = none), or None.
+
+    Returns:
+      (item ids int32 [B, n], scores float32 [B, n]); a short list ends
+      with id 0 and score -inf.
+    """
+    batch, k, dim = interests.shape
+    per_interest = n + (0 if exclude is None else exclude.shape[1])
+    per_interest = min(per_interest, len(self.embeddings))
+    ids, scores = self.search(interests.reshape(batch * k, dim), per_interest)
+    merged_ids, merged_scores = merge_over_interests(
+        tf.reshape(ids, [batch, k, -1]), tf.reshape(scores, [batch, k, -1]),
+        n, None if exclude is None else tf.constant(exclude))
+    return merged_ids.numpy(), merged_scores.numpy()
+
+  def tune(self, queries: np.ndarray,
+           target: float = TARGET_RECALL) -> IndexConfig:
+    """Searches more leaves and reorders more until recall@50 against exact
+    search on `queries` (float32 [Q, d]) reaches `target`; records it."""
+    exact = exact_neighbours(queries, self.embeddings, RECALL_AT)
+    while True:
+      found, _ = self.search(queries, RECALL_AT)
+      self.config.recall = neighbour_recall(found, exact)
+      if (self.config.recall >= target or self.config.kind == "brute_force"
+          or self.config.leaves_to_search >= self.config.num_leaves):
+        return self.config
+      self.config.leaves_to_search = min(self.config.num_leaves,
+                                         2 * self.config.leaves_to_search)
+      self.config.reorder *= 2
+
+  def save(self, directory: str, raw_ids: np.ndarray) -> None:
+    """Writes the index into `directory` (which must not exist)."""
+    os.makedirs(os.path.join(directory, "scann"))
+    np.save(os.path.join(directory, "embeddings.npy"), self.embeddings)
+    np.save(os.path.join(directory, "raw_ids.npy"),
+            np.asarray(raw_ids).astype(str))
+    self.searcher.serialize(os.path.join(directory, "scann"),
+                            relative_path=True)
+    with open(os.path.join(directory, "index.json"), "w") as out:
+      json.dump(dataclasses.asdict(self.config), out, indent=2)
+
+  @classmethod
+  def load(cls, directory: str) -> Tuple["ItemIndex", np.ndarray]:
+    """Reads an index written by `save`; returns it and the raw ids."""
+    from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(directory, "index.json")) as stored:
+      index_config = IndexConfig(**json.load(stored))
+    embeddings = np.load(os.path.join(directory, "embeddings.npy"))
+    raw_ids = np.load(os.path.join(directory, "raw_ids.npy"))
+    searcher = scann_ops_pybind.load_searcher(os.path.join(directory, "scann"))
+    return cls(embeddings, searcher, index_config), raw_ids
+
+
+def exact_neighbours(queries: np.ndarray, embeddings: np.ndarray,
+                     n: int) -> np.ndarray:
+  """int32 [Q, n] item ids of the exact top-n by dot product."""
+  scores = tf.matmul(queries, embeddings, transpose_b=True)
+  return tf.math.top_k(scores, k=min(n, len(embeddings)))[1].numpy() + 1
+
+
+def neighbour_recall(found: np.ndarray, exact: np.ndarray) -> float:
+  """Mean over queries of |found ∩ exact| / |exact|."""
+  overlap = [len(np.intersect1d(f, e)) / len(e) for f, e in zip(found, exact)]
+  return float(np.mean(overlap))

@@ -1,0 +1,225 @@
+"""The raw-format parsers on hand-written fixtures: values, errors, .gz."""
+
+import calendar
+import gzip
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+from remi_tf.data import DATASETS, RawFormatError, load_dataset, registry
+
+RAW = os.path.join(FIXTURES, "raw")
+
+
+def raw(name):
+  return os.path.join(RAW, name)
+
+
+def read(dataset, path):
+  return registry.source(dataset).read(path)
+
+
+def utc(text):
+  """Unix seconds of an ISO 8601 UTC time, computed without pandas."""
+  return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def rows(log):
+  """The log as [(user, item, timestamp)], checking the log's layout."""
+  assert list(log.columns) == ["user", "item", "timestamp"]
+  assert log["timestamp"].dtype == np.int64
+  for column in ("user", "item"):
+    assert all(isinstance(value, str) for value in log[column]), column
+  return [(user, item, int(stamp)) for user, item, stamp in
+          zip(log["user"], log["item"], log["timestamp"])]
+
+
+def test_registry_knows_every_dataset():
+  assert set(DATASETS) == {"gowalla", "retailrocket", "amazon-books",
+                           "movielens-1m", "csv"}
+  assert set(DATASETS) == set(registry.SOURCES)
+
+
+@pytest.mark.parametrize("name", ["netflix", "Gowalla", ""])
+def test_unknown_dataset_lists_the_choices(name):
+  with pytest.raises(ValueError) as error:
+    registry.source(name)
+  message = str(error.value)
+  assert repr(name) in message
+  for choice in DATASETS:
+    assert choice in message
+
+
+def test_load_dataset_rejects_unknown_name(tmp_path):
+  with pytest.raises(ValueError, match="choose one of"):
+    load_dataset("netflix", raw_file=raw("log.csv"), cache_dir=str(tmp_path))
+
+
+# Every line of gowalla.txt: (user, time, location), newest first per user.
+GOWALLA_LINES = [
+    ("0", "2010-10-19T23:55:27Z", "22847"),
+    ("0", "2010-10-18T22:17:43Z", "420315"),
+    ("0", "2010-10-17T23:42:03Z", "316637"),
+    ("0", "2010-10-17T19:26:05Z", "22847"),
+    ("1", "2010-07-24T13:45:06Z", "420315"),
+    ("1", "2010-07-24T13:44:58Z", "1500177"),
+    ("1", "2010-07-22T13:44:26Z", "22847"),
+    ("2", "2009-02-04T05:17:38Z", "8904"),
+]
+
+
+@pytest.mark.parametrize("filename", ["gowalla.txt", "gowalla.txt.gz"])
+def test_gowalla(filename):
+  log = read("gowalla", raw(filename))
+  # Every check-in, repeats included, in file order; time in unix seconds.
+  assert rows(log) == [(user, location, utc(when))
+                       for user, when, location in GOWALLA_LINES]
+  assert log["timestamp"].iloc[0] == 1287532527  # 2010-10-19T23:55:27Z
+  # Check-ins 8 seconds apart stay distinct (second resolution).
+  assert log["timestamp"].iloc[4] - log["timestamp"].iloc[5] == 8
+
+
+def test_retailrocket_keeps_views_in_seconds():
+  log = read("retailrocket", raw("events.csv"))
+  # addtocart and transaction rows (item 253185) are dropped; an empty
+  # transactionid is not a missing field; ms are floored to seconds.
+  assert rows(log) == [
+      ("257597", "355908", 1433221332),
+      ("992329", "248676", 1433224214),
+      ("111016", "318965", 1433221999),
+      ("257597", "318965", 1433221337),
+      ("951259", "367447", 1433221384),
+  ]
+
+
+@pytest.mark.parametrize("filename",
+                         ["reviews_Books_5.json", "reviews_Books_5.json.gz"])
+def test_amazon_books(filename):
+  log = read("amazon-books", raw(filename))
+  # asin ids keep their leading zeros; every review counts, whatever its
+  # rating; the other fields are ignored.
+  assert rows(log) == [
+      ("A10000012B7CGYKOMPQ4L", "000100039X", 1355616000),
+      ("A2S166WSCFIFP5", "000100039X", 1071100800),
+      ("A10000012B7CGYKOMPQ4L", "0001055178", 1355616000),
+      ("A1BM81XB4QHOA3", "0001055178", 1390003200),
+  ]
+
+
+def test_movielens_every_rating_counts():
+  log = read("movielens-1m", raw("ratings.dat"))
+  assert rows(log) == [
+      ("1", "1193", 978300760),
+      ("1", "661", 978302109),
+      ("1", "914", 978301968),
+      ("2", "1193", 978298413),  # rating 1
+      ("2", "3105", 978298673),
+      ("3", "661", 978297039),  # rating 2
+  ]
+
+
+@pytest.mark.parametrize("filename", ["log.csv", "log.csv.gz"])
+def test_csv_ids_are_strings(filename):
+  log = read("csv", raw(filename))
+  assert rows(log) == [
+      ("alice", "book-7", 30),
+      ("bob", "book-7", 10),
+      ("alice", "0042", 20),  # not the number 42
+      ("carol", "book-9", 10),
+      ("bob", "0042", 10),
+  ]
+
+
+def test_csv_extra_columns_and_column_order(tmp_path):
+  path = tmp_path / "log.csv"
+  path.write_text("timestamp,rating,item_id,user_id\n"
+                  "5,4.5,i1,u1\n7,1,i2,u2\n")
+  assert rows(read("csv", str(path))) == [("u1", "i1", 5), ("u2", "i2", 7)]
+
+
+def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path):
+  path = tmp_path / "log.csv"
+  path.write_text("user_id,item_id,timestamp\nu1,i1,1\n\nu2,i2,2\n\n"
+                  "u3,i3,soon\n")
+  with pytest.raises(RawFormatError) as error:
+    read("csv", str(path))
+  assert error.value.line == 6
+  path.write_text("user_id,item_id,timestamp\nu1,i1,1\n\nu2,i2,2\n")
+  assert rows(read("csv", str(path))) == [("u1", "i1", 1), ("u2", "i2", 2)]
+
+
+# (dataset, fixture, line of the error, a word the message must contain)
+MALFORMED = [
+    ("gowalla", "gowalla_too_few_fields.txt", 3, "location"),
+    ("gowalla", "gowalla_too_many_fields.txt", 4, "malformed"),
+    ("gowalla", "gowalla_bad_user.txt", 2, "user"),
+    ("gowalla", "gowalla_bad_time.txt", 4, "time"),
+    ("gowalla", "gowalla_bad_location.txt", 2, "location"),
+    ("retailrocket", "events_too_many_fields.csv", 5, "malformed"),
+    ("retailrocket", "events_too_few_fields.csv", 4, "itemid"),
+    ("retailrocket", "events_bad_visitor.csv", 4, "visitorid"),
+    ("retailrocket", "events_bad_timestamp.csv", 3, "timestamp"),
+    ("retailrocket", "events_bad_header.csv", 1, "visitorid"),
+    ("amazon-books", "reviews_missing_asin.json", 3, "asin"),
+    ("amazon-books", "reviews_missing_reviewer.json", 2, "reviewerID"),
+    ("amazon-books", "reviews_missing_time.json", 4, "unixReviewTime"),
+    ("amazon-books", "reviews_no_time_anywhere.json", 1, "unixReviewTime"),
+    ("amazon-books", "reviews_broken_json.json", 3, "JSON"),
+    ("amazon-books", "reviews_bad_time.json", 2, "unixReviewTime"),
+    ("movielens-1m", "ratings_too_few_fields.dat", 3, ""),
+    ("movielens-1m", "ratings_too_many_fields.dat", 4, "malformed"),
+    ("movielens-1m", "ratings_bad_movie.dat", 2, "movie"),
+    ("csv", "log_bad_header.csv", 1, "item_id"),
+    ("csv", "log_bad_timestamp.csv", 4, "timestamp"),
+    ("csv", "log_missing_item.csv", 3, "item_id"),
+    ("csv", "log_too_many_fields.csv", 3, "malformed"),
+]
+
+
+def assert_names_line(error, path, line, word):
+  message = str(error)
+  assert isinstance(error, ValueError)
+  assert error.path == path
+  assert error.line == line
+  assert message.startswith(f"{path}, line {line}: "), message
+  assert word in message
+
+
+@pytest.mark.parametrize("dataset,filename,line,word", MALFORMED,
+                         ids=[case[1] for case in MALFORMED])
+def test_malformed_line_is_named(dataset, filename, line, word):
+  path = raw(filename)
+  with pytest.raises(RawFormatError) as error:
+    read(dataset, path)
+  assert_names_line(error.value, path, line, word)
+
+
+@pytest.mark.parametrize("dataset,filename,line,word", [
+    ("gowalla", "gowalla_bad_time.txt", 4, "time"),
+    ("gowalla", "gowalla_too_many_fields.txt", 4, "malformed"),
+    ("amazon-books", "reviews_broken_json.json", 3, "JSON"),
+    ("amazon-books", "reviews_missing_asin.json", 3, "asin"),
+    ("movielens-1m", "ratings_bad_movie.dat", 2, "movie"),
+    ("csv", "log_missing_item.csv", 3, "item_id"),
+])
+def test_malformed_gz_line_is_named(tmp_path, dataset, filename, line, word):
+  path = str(tmp_path / (filename + ".gz"))
+  with open(raw(filename), "rb") as plain, gzip.open(path, "wb") as packed:
+    shutil.copyfileobj(plain, packed)
+  with pytest.raises(RawFormatError) as error:
+    read(dataset, path)
+  assert_names_line(error.value, path, line, word)
+
+
+def test_unreadable_gz_is_a_format_error(tmp_path):
+  path = str(tmp_path / "checkins.txt.gz")
+  with open(path, "wb") as out:
+    out.write(b"this is not gzip data\n")
+  with pytest.raises(RawFormatError) as error:
+    read("gowalla", path)
+  assert error.value.line is None
+  assert str(error.value).startswith(f"{path}: cannot read")

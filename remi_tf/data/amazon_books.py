@@ -24,6 +24,10 @@ def read(path: str) -> pd.DataFrame:
   except ValueError:
     _raise_first_bad_line(path)
     raise
+  except (OSError, EOFError) as error:  # e.g. a corrupt .gz
+    raise parsing.RawFormatError(path, None, f"cannot read: {error}") from None
+  if frame.empty:
+    raise parsing.RawFormatError(path, None, "no reviews in the file")
   frame.index = frame.index + 1
   missing = [field for field in FIELDS if field not in frame.columns]
   if missing:

@@ -43,8 +43,10 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
                           spec.archive_member)
     else:
       path = manager.download(spec.url)
-  except Exception as error:  # tfds wraps network errors in many types
+  except BaseException as error:  # tfds wraps network errors in many types
     _remove_new_entries(download_dir, before)
+    if not isinstance(error, Exception):  # Ctrl-C: cleaned up, re-raised
+      raise
     raise DownloadError(
         f"{name}: could not download {spec.url} ({type(error).__name__}: "
         f"{error}). Without internet access, fetch the file elsewhere and "

@@ -125,6 +125,7 @@ def train_run(run_config: RunConfig, run_dir: str,
                           run_dir)
   metrics = {"valid": result.valid, "test": result.test,
              "config": run_config.to_json(), "dataset": dataset.stats,
+             "routing": result.routing,
              **result.summary(run_config.train.batch_size)}
   training.write_json(os.path.join(run_dir, training.METRICS_FILE), metrics)
   if export_dir is not None:

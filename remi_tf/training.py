@@ -43,6 +43,7 @@ class TrainResult:
     valid: best validation metrics; test: test metrics of that model.
     steps: optimizer steps taken (over all resumes).
     train_seconds: time spent in training steps (over all resumes).
+    routing: the routing diagnostics of the last training interval.
   """
 
   model: RetrievalModel
@@ -50,6 +51,7 @@ class TrainResult:
   test: Dict[str, float]
   steps: int
   train_seconds: float
+  routing: Dict[str, float] = dataclasses.field(default_factory=dict)
 
   def summary(self, batch_size: int) -> Dict[str, float]:
     """steps, train_seconds and samples_per_second for metrics.json."""
@@ -186,7 +188,9 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
       model=model, valid=valid,
       test=evaluation.evaluate(model.tower, test_examples),
       steps=int(history[-1]["step"]),
-      train_seconds=sum(row["train_seconds"] for row in history))
+      train_seconds=sum(row["train_seconds"] for row in history),
+      routing={name: history[-1][name] for name in
+               ("routing_max_weight", "routing_entropy")})
 
 
 def write_json(path: str, payload: dict) -> None:

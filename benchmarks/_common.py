@@ -1,0 +1,213 @@
+"""Shared by the benchmark scripts: repo path setup, the one-JSON-line
+output, machine information, timing loops and benchmark inputs.
+
+Importing this module (first, before anything that imports TensorFlow):
+  * puts the repository root on sys.path and imports `remi_tf`, which sets
+    TF_USE_LEGACY_KERAS before TensorFlow is loaded;
+  * reserves the real standard output for the one JSON line `emit` writes:
+    file descriptor 1 is pointed at stderr, so anything else printed to
+    stdout (Python or C++ libraries) lands on stderr instead.
+"""
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import remi_tf  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
+
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
+sys.stdout.flush()
+_RESULT_OUT = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+
+
+def log(message: str) -> None:
+  """A progress line on stderr."""
+  stamp = datetime.datetime.now().strftime("%H:%M:%S")
+  print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> Dict[str, object]:
+  """Where and when the figures were measured."""
+  def version(package):
+    try:
+      return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      return None
+  return {
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "tensorflow": version("tensorflow"),
+      "remi_tf": remi_tf.__version__,
+  }
+
+
+def emit(benchmark: str, args, results: dict) -> None:
+  """Writes the benchmark's one JSON line to the real stdout."""
+  payload = {"benchmark": benchmark, "machine": machine(),
+             "args": dict(vars(args)), **results}
+  _RESULT_OUT.write(json.dumps(payload, sort_keys=False, default=_plain)
+                    + "\n")
+  _RESULT_OUT.flush()
+
+
+def _plain(value):
+  """JSON for numpy scalars and arrays."""
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def check_targets(figures: Dict[str, float],
+                  targets: Dict[str, tuple]) -> Dict[str, Optional[bool]]:
+  """Whether each figure meets its target.
+
+  Args:
+    figures: name -> measured value.
+    targets: name -> (">=" or "<=", bound).
+
+  Returns:
+    name -> True/False (None where the figure is missing).
+  """
+  met = {}
+  for name, (relation, bound) in targets.items():
+    value = figures.get(name)
+    if value is None:
+      met[name] = None
+    else:
+      met[name] = bool(value >= bound if relation == ">=" else value <= bound)
+  return met
+
+
+def describe_targets(targets: Dict[str, tuple]) -> Dict[str, str]:
+  """{"name": ">= 300"} for the JSON line."""
+  return {name: f"{relation} {bound}" for name, (relation, bound)
+          in targets.items()}
+
+
+# --- timing ---------------------------------------------------------------
+
+
+def timed(function: Callable[[], object]):
+  """(seconds, result) of one call."""
+  start = time.perf_counter()
+  result = function()
+  return time.perf_counter() - start, result
+
+
+def time_calls(function: Callable, inputs: Iterable,
+               warmup: int = 0) -> np.ndarray:
+  """Calls function(x) for each input; float64 seconds per call.
+
+  The first `warmup` inputs are called too but not timed (so a list of
+  inputs is walked once, warm-up included).
+  """
+  seconds = []
+  for position, value in enumerate(inputs):
+    if position < warmup:
+      function(value)
+      continue
+    start = time.perf_counter()
+    function(value)
+    seconds.append(time.perf_counter() - start)
+  return np.asarray(seconds, np.float64)
+
+
+def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:
+  """Mean and p50/p90/p99/max of per-call latencies, in milliseconds."""
+  ms = np.asarray(seconds, np.float64) * 1e3
+  if ms.size == 0:
+    return {"count": 0}
+  p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+  return {"count": int(ms.size), "mean_ms": float(ms.mean()),
+          "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+          "max_ms": float(ms.max())}
+
+
+def chunks(array: np.ndarray, size: int) -> List[np.ndarray]:
+  """Consecutive slices of at most `size` rows."""
+  return [array[start:start + size] for start in range(0, len(array), size)]
+
+
+# --- inputs ---------------------------------------------------------------
+
+
+def random_histories(rng: np.random.Generator, users: int, seq_len: int,
+                     num_items: int, max_padding: int) -> np.ndarray:
+  """int32 [users, seq_len] histories of uniform item ids 1..num_items,
+  right-padded with 0 after seq_len - U{0..max_padding} real items."""
+  ids = rng.integers(1, num_items + 1, size=(users, seq_len), dtype=np.int32)
+  max_padding = min(max_padding, seq_len - 1)
+  lengths = seq_len - rng.integers(0, max_padding + 1, size=users)
+  return np.where(np.arange(seq_len)[None] < lengths[:, None], ids,
+                  0).astype(np.int32)
+
+
+def export_metadata(model_dir: str) -> dict:
+  """The export's metadata.json."""
+  with open(os.path.join(model_dir, "metadata.json")) as stored:
+    return json.load(stored)
+
+
+def dataset_histories(metadata: dict, cache_dir: Optional[str],
+                      expected_vocab: Optional[np.ndarray] = None,
+                      splits: Sequence[str] = ("test", "valid", "train")):
+  """Real users' histories of the dataset an export was trained on.
+
+  The dataset is rebuilt from the run configuration recorded in the
+  export's metadata (raw file + protocol, through the cache), and each
+  split's evaluation histories (the first 80% of each user's sequence,
+  last seq_len items) are taken, splits in the order given.
+
+  Args:
+    metadata: the export's metadata.json.
+    cache_dir: download/preprocessing cache (None: the default).
+    expected_vocab: the export's raw ids (item_index/raw_ids.npy); the
+      dataset must have exactly these items, else ValueError.
+    splits: which users, in order.
+
+  Returns:
+    (histories int32 [U, seq_len] 0-padded, item_vocab str [N],
+    {split: users}) -- raw id of item id i is item_vocab[i - 1].
+
+  Raises:
+    Whatever loading the dataset raises (e.g. the raw file is gone).
+  """
+  from remi_tf import runs  # pylint: disable=g-import-not-at-top
+  from remi_tf.data import load_dataset  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
+  run_config = runs.RunConfig.from_json(metadata["config"])
+  dataset = load_dataset(run_config.dataset, run_config.raw_file,
+                         run_config.threshold, cache_dir=cache_dir)
+  if expected_vocab is not None and not np.array_equal(
+      dataset.item_vocab, np.asarray(expected_vocab).astype(str)):
+    raise ValueError("the export was not trained on this dataset's items")
+  seq_len = run_config.model.seq_len
+  parts, counts = [], {}
+  for split in splits:
+    histories = evaluation_examples(getattr(dataset, split),
+                                    seq_len).histories
+    histories = histories[(histories > 0).any(axis=1)]
+    parts.append(histories)
+    counts[split] = len(histories)
+  return np.concatenate(parts), dataset.item_vocab, counts
+
+
+def raw_histories(histories: np.ndarray, item_vocab: np.ndarray
+                  ) -> List[List[str]]:
+  """0-padded item-id histories -> lists of raw ids without padding."""
+  return [item_vocab[row[row > 0] - 1].tolist() for row in histories]

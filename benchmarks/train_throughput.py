@@ -1,0 +1,195 @@
+"""Training-step throughput (samples/s) at the paper's Gowalla shapes, for
+plain sampled softmax and for REMI, measured in the same process.
+
+What runs: the training model as `remi_tf.training.build_model` builds it
+(`build_user_tower` + `make_sampler` + `RetrievalModel`, compiled with
+`remi_tf.optimizers.LazyAdam`), fed a synthetic tf.data stream generated in
+the graph (uniform random item ids; each history ends with 0 to
+--max-padding zero-padding positions; uniform random targets), so input is
+not the bottleneck. Two variants:
+
+  plain  beta 0, rr_lambda 0        (ComiRec-SA's sampled softmax)
+  remi   beta --beta, rr_lambda --rr-lambda   (IHN + routing regularization)
+
+For each: one `fit` of --warmup-steps (tracing, allocation), then a timed
+`fit(steps_per_epoch=--steps, epochs=1, verbose=0)`. With --repeats R the
+timed fits alternate plain/remi R times and the median rate is reported.
+
+--items is the number of embedding rows: the default 174606 is Gowalla's
+174,605 items plus the padding row (num_items = items - 1).
+
+Uniform ids touch more distinct embedding rows per batch than real,
+popularity-skewed data, so the sparse (lazy) optimizer update here is, if
+anything, pessimistic.
+
+Targets (2 cores): >= 6,000 samples/s (aim 10,000) for REMI; REMI's
+overhead over plain, (plain / remi - 1) * 100, <= 5%.
+
+  python benchmarks/train_throughput.py                      # full size
+  python benchmarks/train_throughput.py --items 5000 --steps 30 --warmup-steps 5
+  python benchmarks/train_throughput.py --optimizer adam     # dense Adam
+
+Prints progress on stderr and one JSON line on stdout.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (repo root on sys.path; imports remi_tf first)
+
+TARGETS = {"samples_per_second_remi": (">=", 6000.0),
+           "overhead_percent": ("<=", 5.0)}
+AIM_SAMPLES_PER_SECOND = 10_000.0
+
+
+def parse_args(argv=None):
+  from remi_tf import config  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--items", type=int, default=174606,
+                      help="embedding rows incl. padding (num_items + 1)")
+  parser.add_argument("--seq-len", type=int, default=40)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--negatives", type=int, default=1280)
+  parser.add_argument("--embedding-dim", type=int, default=64)
+  parser.add_argument("--interests", type=int, default=4)
+  parser.add_argument("--model", default="comirec-sa",
+                      choices=[m for m in config.MODELS if m != "pop"])
+  parser.add_argument("--sampler", default="uniform",
+                      choices=config.SAMPLERS)
+  parser.add_argument("--optimizer", default="lazy-adam",
+                      choices=("lazy-adam", "adam"),
+                      help="remi_tf.optimizers.LazyAdam (as training) or "
+                      "dense tf.keras.optimizers.Adam")
+  parser.add_argument("--learning-rate", type=float, default=1e-3)
+  parser.add_argument("--beta", type=float, default=1.0,
+                      help="IHN beta of the remi variant (Gowalla: 1)")
+  parser.add_argument("--rr-lambda", type=float, default=100.0,
+                      help="RR weight of the remi variant")
+  parser.add_argument("--max-padding", type=int, default=5,
+                      help="each history ends with U{0..this} padding ids")
+  parser.add_argument("--warmup-steps", type=int, default=50)
+  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="timed fits per variant, alternating; median")
+  parser.add_argument("--seed", type=int, default=2023)
+  args = parser.parse_args(argv)
+  if args.items < 2:
+    parser.error("--items must be >= 2 (padding + one item)")
+  for name in ("seq_len", "batch_size", "negatives", "steps", "repeats"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  return args
+
+
+def synthetic_stream(num_items: int, seq_len: int, batch_size: int,
+                     max_padding: int, seed: int):
+  """Endless {"history": int32 [B, n], "target": int32 [B]} batches made
+  in the graph from (seed, step) with stateless RNG."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  positions = tf.range(seq_len)
+  min_length = max(1, seq_len - max_padding)
+
+  def make_batch(step):
+    key = tf.stack([tf.constant(seed, tf.int64), step])
+    ids = tf.random.stateless_uniform([batch_size, seq_len], key, 1,
+                                      num_items + 1, dtype=tf.int32)
+    lengths = tf.random.stateless_uniform(
+        [batch_size], key + tf.constant([0, 1], tf.int64), min_length,
+        seq_len + 1, dtype=tf.int32)
+    target = tf.random.stateless_uniform(
+        [batch_size], key + tf.constant([0, 2], tf.int64), 1, num_items + 1,
+        dtype=tf.int32)
+    return {"history": tf.where(positions[None] < lengths[:, None], ids, 0),
+            "target": target}
+
+  return (tf.data.Dataset.counter()
+          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def build(args, num_items: int, beta: float, rr_lambda: float):
+  """The compiled training model, through remi_tf.training.build_model."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from remi_tf import config, training  # pylint: disable=g-import-not-at-top
+  model_config = config.ModelConfig(
+      model=args.model, interests=args.interests,
+      embedding_dim=args.embedding_dim, seq_len=args.seq_len, beta=beta,
+      rr_lambda=rr_lambda, negatives=args.negatives, sampler=args.sampler)
+  # build_model reads only num_items and item_counts of the dataset.
+  dataset = types.SimpleNamespace(num_items=num_items, item_counts=None)
+  model = training.build_model(dataset, model_config, args.learning_rate,
+                               args.seed)
+  if args.optimizer == "adam":
+    model.compile(optimizer=tf.keras.optimizers.Adam(args.learning_rate))
+  return model
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.keras.utils.set_random_seed(args.seed)
+  num_items = args.items - 1
+  stream = synthetic_stream(num_items, args.seq_len, args.batch_size,
+                            args.max_padding, args.seed)
+  variants = {"plain": (0.0, 0.0), "remi": (args.beta, args.rr_lambda)}
+  models, warmup_seconds = {}, {}
+  for name, (beta, rr_lambda) in variants.items():
+    _common.log(f"{name}: building {args.model} (N={num_items}, "
+                f"d={args.embedding_dim}, K={args.interests}, "
+                f"beta={beta}, rr_lambda={rr_lambda}, {args.optimizer})")
+    models[name] = build(args, num_items, beta, rr_lambda)
+    if args.warmup_steps > 0:
+      warmup_seconds[name], _ = _common.timed(lambda m=models[name]: m.fit(
+          stream, steps_per_epoch=args.warmup_steps, epochs=1, verbose=0))
+      _common.log(f"{name}: warm-up {args.warmup_steps} steps in "
+                  f"{warmup_seconds[name]:.1f}s")
+
+  rates = {name: [] for name in variants}
+  losses = {}
+  for repeat in range(args.repeats):
+    for name, model in models.items():
+      seconds, history = _common.timed(lambda m=model: m.fit(
+          stream, steps_per_epoch=args.steps, epochs=1, verbose=0))
+      rate = args.steps * args.batch_size / seconds
+      rates[name].append(rate)
+      losses[name] = float(history.history["loss"][-1])
+      _common.log(f"{name} [{repeat + 1}/{args.repeats}]: {args.steps} steps "
+                  f"in {seconds:.2f}s = {rate:,.0f} samples/s "
+                  f"(loss {losses[name]:.3f})")
+
+  results = {}
+  for name in variants:
+    rate = statistics.median(rates[name])
+    results[name] = {
+        "samples_per_second": rate,
+        "steps_per_second": rate / args.batch_size,
+        "ms_per_step": 1e3 * args.batch_size / rate,
+        "all_samples_per_second": rates[name],
+        "warmup_seconds": warmup_seconds.get(name),
+        "final_loss": losses[name],
+        "beta": variants[name][0], "rr_lambda": variants[name][1],
+    }
+  plain = results["plain"]["samples_per_second"]
+  remi = results["remi"]["samples_per_second"]
+  figures = {"samples_per_second_remi": remi,
+             "samples_per_second_plain": plain,
+             "ratio_remi_over_plain": remi / plain,
+             "overhead_percent": (plain / remi - 1.0) * 100.0}
+  _common.log(f"remi/plain = {figures['ratio_remi_over_plain']:.3f}, "
+              f"overhead {figures['overhead_percent']:.1f}%")
+  _common.emit("train_throughput", args, {
+      **figures, "variants": results, "num_items": num_items,
+      "targets": {**_common.describe_targets(TARGETS),
+                  "aim_samples_per_second": AIM_SAMPLES_PER_SECOND},
+      "meets_targets": _common.check_targets(figures, TARGETS),
+  })
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,246 @@
+"""The reproduction report: the paper's ablation (Table 5), the baselines
+(Table 2, and REMI on ComiRec-DR and MIND as in Table 3) and the beta sweep
+(Figure 6), trained with one budget and seed, written as a Markdown table and
+figures (routing heatmaps, HR@50 against beta, IHN weights of negatives)."""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from remi_tf import config, runs
+
+_log = logging.getLogger(__name__)
+BASELINE = "ComiRec-SA"
+REMI = "REMI"
+BETA_SWEEP = (0.1, 1.0, 4.0, 10.0)
+RR_LAMBDA = 100.0
+METRICS = ("recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50", "ndcg@50")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One row of the report: a name and the train.py settings it uses."""
+
+  name: str
+  settings: dict
+
+
+def methods(dataset: str) -> List[Method]:
+  """The report's rows for a dataset (its default beta for IHN)."""
+  beta = config.DATASET_DEFAULTS[dataset].beta
+  plain = {"beta": 0.0, "rr_lambda": 0.0}
+  remi = {"beta": beta, "rr_lambda": RR_LAMBDA}
+  rows = [
+      Method(BASELINE, {"model": "comirec-sa", **plain}),
+      Method("+IHN", {"model": "comirec-sa", "beta": beta, "rr_lambda": 0.0}),
+      Method("+RR", {"model": "comirec-sa", "beta": 0.0,
+                     "rr_lambda": RR_LAMBDA}),
+      Method(REMI, {"model": "comirec-sa", **remi}),
+      Method("Pop", {"model": "pop", **plain}),
+      Method("YouTube DNN", {"model": "youtube-dnn", **plain}),
+      Method("GRU4Rec", {"model": "gru4rec", **plain}),
+      Method("MIND", {"model": "mind", **plain}),
+      Method("REMI (MIND)", {"model": "mind", **remi}),
+      Method("ComiRec-DR", {"model": "comirec-dr", **plain}),
+      Method("REMI (ComiRec-DR)", {"model": "comirec-dr", **remi}),
+  ]
+  rows += [Method(f"REMI beta={b:g}", {"model": "comirec-sa", "beta": b,
+                                       "rr_lambda": RR_LAMBDA})
+           for b in BETA_SWEEP if b != beta]
+  return rows
+
+
+def run_methods(dataset: str, raw_file: Optional[str], output_dir: str,
+                budget: dict, cache_dir: Optional[str] = None
+                ) -> Dict[str, dict]:
+  """Trains every method (skipping finished ones) and returns their
+  metrics.json by method name. `budget`: max_steps, eval_every, patience,
+  seed (train.py setting names)."""
+  results = {}
+  for method in methods(dataset):
+    run_dir = os.path.join(output_dir, "runs", _slug(method.name))
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(metrics_path):
+      _log.info("training %s", method.name)
+      run_config = runs.resolve_config(dataset, raw_file, **budget,
+                                       **method.settings)
+      runs.train_run(run_config, run_dir, export_dir=None,
+                     cache_dir=cache_dir)
+    with open(metrics_path) as stored:
+      results[method.name] = json.load(stored)
+  return results
+
+
+def markdown_table(results: Dict[str, dict]) -> str:
+  """Recall/HR/NDCG @20 and @50 (in %) per method, and the relative change
+  of Recall@50 and HR@50 against ComiRec-SA."""
+  header = ("| method | " + " | ".join(m.replace("recall", "Recall").replace(
+      "hr", "HR").replace("ndcg", "NDCG") for m in METRICS) +
+            " | Recall@50 vs SA | HR@50 vs SA |")
+  lines = [header, "|" + "---|" * (len(METRICS) + 3)]
+  base = results[BASELINE]["test"]
+  for name, metrics in results.items():
+    test = metrics["test"]
+    cells = [f"{100 * test[m]:.2f}" for m in METRICS]
+    changes = [f"{100 * (test[m] / base[m] - 1):+.1f}%" if base[m] else "n/a"
+               for m in ("recall@50", "hr@50")]
+    lines.append(f"| {name} | " + " | ".join(cells + changes) + " |")
+  return "\n".join(lines)
+
+
+def plot_routing(output_dir: str, cache_dir: Optional[str],
+                 num_users: int = 3) -> str:
+  """Heatmaps of the routing matrices of the same test users under
+  ComiRec-SA and REMI (the collapse of the paper's Figure 1b)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
+
+  figure, axes = plt.subplots(2, num_users, figsize=(4 * num_users, 5),
+                              squeeze=False, constrained_layout=True)
+  for row, name in enumerate((BASELINE, REMI)):
+    run_config, dataset, model, _ = runs.load_run(
+        os.path.join(output_dir, "runs", _slug(name)), cache_dir)
+    histories = evaluation_examples(dataset.test, run_config.model.seq_len
+                                    ).histories
+    longest = np.argsort(-(histories > 0).sum(axis=1), kind="stable")
+    chosen = histories[longest[:num_users]]
+    routing = model.tower(tf.constant(chosen))["routing"].numpy()
+    for column in range(num_users):
+      axis = axes[row, column]
+      image = axis.imshow(routing[column], aspect="auto", cmap="viridis",
+                          vmin=0, vmax=1)
+      axis.set_title(f"{name}, test user {column + 1}")
+      axis.set_xlabel("history position")
+      axis.set_ylabel("interest")
+  figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8,
+                  label="routing weight")
+  path = os.path.join(output_dir, "routing_heatmaps.png")
+  figure.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(figure)
+  return path
+
+
+def plot_beta_sweep(results: Dict[str, dict], output_dir: str) -> str:
+  """HR@50 of REMI (lambda = 100) against beta; beta = 0 is '+RR'."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  points = sorted(
+      (metrics["config"]["model"]["beta"], metrics["test"]["hr@50"])
+      for metrics in results.values()
+      if metrics["config"]["model"]["model"] == "comirec-sa"
+      and metrics["config"]["model"]["rr_lambda"] == RR_LAMBDA)
+  betas, hr = zip(*points)
+  figure, axis = plt.subplots(figsize=(5, 3.5))
+  axis.plot(range(len(betas)), hr, marker="o")
+  axis.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+  axis.set_xlabel("beta (IHN)")
+  axis.set_ylabel("test HR@50")
+  axis.set_title("REMI (lambda = 100): HR@50 against beta")
+  axis.grid(alpha=0.3)
+  path = os.path.join(output_dir, "hr50_vs_beta.png")
+  figure.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(figure)
+  return path
+
+
+def plot_ihn_weights(output_dir: str, cache_dir: Optional[str],
+                     num_examples: int = 3, shown: int = 5) -> str:
+  """For a few training examples, the sampled negatives with the highest
+  and lowest IHN weights next to the positive item (Figure 4), raw ids."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import training_dataset  # pylint: disable=g-import-not-at-top
+  from remi_tf.models import hard_readout  # pylint: disable=g-import-not-at-top
+
+  run_config, dataset, model, _ = runs.load_run(
+      os.path.join(output_dir, "runs", _slug(REMI)), cache_dir)
+  beta = run_config.model.beta
+  batch = next(iter(training_dataset(dataset.train, run_config.model.seq_len,
+                                     num_examples, seed=0)))
+  table = model.tower.item_table()
+  interests = model.tower(batch["history"])["interests"]
+  query = hard_readout(interests, tf.gather(table, batch["target"]))
+  negatives = model.sampler(batch["target"]).ids
+  logits = tf.matmul(query, tf.gather(table, negatives),
+                     transpose_b=True).numpy()
+  positives = tf.reduce_sum(query * tf.gather(table, batch["target"]),
+                            axis=1).numpy()
+  vocabulary = np.concatenate([[""], dataset.item_vocab])
+  rows = []
+  for example in range(num_examples):
+    weights = np.exp(beta * (logits[example] - logits[example].max()))
+    weights /= weights.mean()
+    order = np.argsort(-weights)
+    target = int(batch["target"][example])
+    rows.append([f"example {example + 1}", "positive",
+                 vocabulary[target], f"{positives[example]:.2f}", ""])
+    for label, picks in (("highest", order[:shown]),
+                         ("lowest", order[-shown:])):
+      for pick in picks:
+        rows.append(["", f"{label} IHN weight",
+                     vocabulary[int(negatives[pick])],
+                     f"{logits[example, pick]:.2f}",
+                     f"{weights[pick]:.3g}"])
+  figure, axis = plt.subplots(figsize=(8, 0.22 * len(rows) + 0.6))
+  axis.axis("off")
+  axis.set_title(f"IHN weights of sampled negatives (beta = {beta:g}; "
+                 "weight = exp(beta s) / mean)")
+  cells = axis.table(cellText=rows, colLabels=["", "role", "raw item id",
+                                               "score s", "weight"],
+                     loc="upper center")
+  cells.auto_set_font_size(False)
+  cells.set_fontsize(8)
+  path = os.path.join(output_dir, "ihn_weights.png")
+  figure.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(figure)
+  return path
+
+
+def write_report(dataset: str, raw_file: Optional[str], output_dir: str,
+                 budget: dict, cache_dir: Optional[str] = None) -> str:
+  """Trains everything, writes `report.md` and the figures; returns the
+  report's path."""
+  os.makedirs(output_dir, exist_ok=True)
+  results = run_methods(dataset, raw_file, output_dir, budget, cache_dir)
+  figures = [plot_routing(output_dir, cache_dir),
+             plot_beta_sweep(results, output_dir),
+             plot_ihn_weights(output_dir, cache_dir)]
+  stats = results[BASELINE]["dataset"]
+  lines = [
+      f"# Reproduction report: {dataset}",
+      "",
+      f"Raw file: `{raw_file}`; {stats['users']:,} users, "
+      f"{stats['items']:,} items, {stats['interactions']:,} interactions. "
+      f"Budget: {budget}. Test users, exact retrieval, metrics in %.",
+      "",
+      markdown_table(results),
+      "",
+      "Routing diagnostics at the end of training (mean largest routing "
+      "weight; 1 = every interest on one item):",
+      "",
+  ]
+  for name, metrics in results.items():
+    routing = metrics.get("routing") or {}
+    if routing:
+      lines.append(f"- {name}: max weight {routing['routing_max_weight']:.3f},"
+                   f" entropy {routing['routing_entropy']:.3f}")
+  lines += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})"
+                   for f in figures]
+  path = os.path.join(output_dir, "report.md")
+  with open(path, "w") as out:
+    out.write("\n".join(lines) + "\n")
+  return path
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")

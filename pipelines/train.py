@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="user tower (default comirec-sa)")
   parser.add_argument("--interests", type=int, help="K (default 4)")
   parser.add_argument("--embedding-dim", type=int, help="d (default 64)")
+  parser.add_argument("--embedding-init", choices=config.EMBEDDING_INITS,
+                      help="item-embedding initializer (default he, as the "
+                      "REMI reference; glorot as the original ComiRec)")
   parser.add_argument("--seq-len", type=int, help="history length "
                       "(default per dataset)")
   parser.add_argument("--threshold", type=int, help="item/user filter "
@@ -65,7 +68,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   run_config = runs.resolve_config(
       args.dataset, args.raw_file, model=args.model, interests=args.interests,
-      embedding_dim=args.embedding_dim, seq_len=args.seq_len,
+      embedding_dim=args.embedding_dim, embedding_init=args.embedding_init,
+      seq_len=args.seq_len,
       threshold=args.threshold, beta=args.beta, rr_lambda=args.rr_lambda,
       negatives=args.negatives, sampler=args.sampler,
       batch_size=args.batch_size, learning_rate=args.learning_rate,

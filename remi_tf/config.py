@@ -23,6 +23,10 @@ DATASET_DEFAULTS = {
 
 MODELS = ("comirec-sa", "comirec-dr", "mind", "youtube-dnn", "gru4rec", "pop")
 SAMPLERS = ("uniform", "log-uniform", "full")
+# Item-embedding initializers: "he" is N(0, 2/d) as the REMI reference code
+# (torch's kaiming_normal_ on [N, d]); "glorot" is Glorot-normal over
+# (N + d), as the original ComiRec TensorFlow code (tiny rows at large N).
+EMBEDDING_INITS = ("he", "glorot")
 
 # The user split of the ComiRec protocol and the seed of its shuffle.
 SPLIT_SEED = 1230
@@ -40,6 +44,7 @@ class ModelConfig:
   model: str = "comirec-sa"
   interests: int = 4
   embedding_dim: int = 64
+  embedding_init: str = "he"
   seq_len: int = 20
   beta: float = 0.0
   rr_lambda: float = 100.0

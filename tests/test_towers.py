@@ -128,3 +128,16 @@ def test_masked_softmax_and_squash():
   vector = tf.constant([[3.0, 4.0]])
   np.testing.assert_allclose(tf.norm(squash(vector)).numpy(), 25.0 / 26.0,
                              rtol=1e-5)
+
+
+def test_embedding_initializers():
+  he = build_user_tower(config.ModelConfig(embedding_dim=DIM, seq_len=SEQ_LEN),
+                        2000)
+  glorot = build_user_tower(config.ModelConfig(
+      embedding_dim=DIM, seq_len=SEQ_LEN, embedding_init="glorot"), 2000)
+  np.testing.assert_allclose(np.std(he.item_table().numpy()),
+                             (2.0 / DIM)**0.5, rtol=0.05)
+  np.testing.assert_allclose(np.std(glorot.item_table().numpy()),
+                             (2.0 / (2001 + DIM))**0.5, rtol=0.1)
+  with pytest.raises(ValueError, match="glorot"):
+    build_user_tower(config.ModelConfig(embedding_init="zeros"), 10)

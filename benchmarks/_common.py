@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -28,6 +28,11 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 sys.stdout.flush()
 _RESULT_OUT = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                     "TF_NUM_INTEROP_THREADS")
 
 
 def log(message: str) -> None:
@@ -51,6 +56,9 @@ def machine() -> Dict[str, object]:
           timespec="seconds"),
       "tensorflow": version("tensorflow"),
       "remi_tf": remi_tf.__version__,
+      # Thread settings change BLAS/TensorFlow figures on a shared machine.
+      "thread_env": {name: os.environ[name] for name in _THREAD_VARIABLES
+                     if name in os.environ},
   }
 
 
@@ -109,22 +117,18 @@ def timed(function: Callable[[], object]):
   return time.perf_counter() - start, result
 
 
-def time_calls(function: Callable, inputs: Iterable,
+def time_calls(function: Callable, inputs: Sequence,
                warmup: int = 0) -> np.ndarray:
-  """Calls function(x) for each input; float64 seconds per call.
-
-  The first `warmup` inputs are called too but not timed (so a list of
-  inputs is walked once, warm-up included).
-  """
-  seconds = []
+  """float64 seconds of function(x) for each of `inputs`, timed one call
+  at a time, after calling it untimed on the first `warmup` inputs."""
+  for value in inputs[:warmup]:
+    function(value)
+  seconds = np.empty(len(inputs), np.float64)
   for position, value in enumerate(inputs):
-    if position < warmup:
-      function(value)
-      continue
     start = time.perf_counter()
     function(value)
-    seconds.append(time.perf_counter() - start)
-  return np.asarray(seconds, np.float64)
+    seconds[position] = time.perf_counter() - start
+  return seconds
 
 
 def latency_summary(seconds: Sequence[float]) -> Dict[str, float]:

@@ -172,6 +172,7 @@ def main(argv=None) -> int:
         "all_samples_per_second": rates[name],
         "warmup_seconds": warmup_seconds.get(name),
         "final_loss": losses[name],
+        "optimizer_class": type(models[name].optimizer).__name__,
         "beta": variants[name][0], "rr_lambda": variants[name][1],
     }
   plain = results["plain"]["samples_per_second"]

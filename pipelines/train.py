@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remi_tf import config, runs  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +67,15 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("remi_tf").setLevel(logging.INFO)
   args = parse_args(argv)
+  try:
+    return train(args)
+  except INPUT_ERRORS as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def train(args: argparse.Namespace) -> int:
+  """Resolves the configuration, trains, evaluates, exports, prints."""
   run_config = runs.resolve_config(
       args.dataset, args.raw_file, model=args.model, interests=args.interests,
       embedding_dim=args.embedding_dim, embedding_init=args.embedding_init,

@@ -10,12 +10,16 @@ from typing import Optional
 
 from remi_tf import config
 from remi_tf.data import cache, download, registry
+from remi_tf.data.download import DownloadError
 from remi_tf.data.parsing import RawFormatError
 from remi_tf.data.protocol import (EmptyDatasetError, ProcessedDataset,
                                    UserSequences, preprocess)
 from remi_tf.data.registry import SOURCES
 
 DATASETS = tuple(SOURCES)
+# What bad input raises: pipelines report these as one-line errors.
+INPUT_ERRORS = (DownloadError, RawFormatError, EmptyDatasetError,
+                FileNotFoundError, ValueError)
 _log = logging.getLogger(__name__)
 
 
@@ -56,6 +60,6 @@ def load_dataset(name: str, raw_file: Optional[str] = None,
 
 
 __all__ = [
-    "DATASETS", "EmptyDatasetError", "ProcessedDataset", "RawFormatError",
+    "DATASETS", "DownloadError", "EmptyDatasetError", "INPUT_ERRORS", "ProcessedDataset", "RawFormatError",
     "UserSequences", "load_dataset", "preprocess",
 ]

@@ -3,7 +3,9 @@ manager (progress bar, checksums recorded, cached, written atomically)."""
 
 import os
 import shutil
+import socket
 from typing import Optional
+from urllib import parse
 
 from remi_tf.data.registry import DatasetSource
 
@@ -30,6 +32,14 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
   if spec.url is None:
     raise DownloadError(f"{name}: {spec.manual}, then pass it with "
                         "--raw-file PATH")
+  # tfds retries a refused connection ten times with back-off (minutes);
+  # offline, say so at once.
+  unreachable = _unreachable(spec.url)
+  if unreachable:
+    raise DownloadError(
+        f"{name}: could not download {spec.url} ({unreachable}). Without "
+        "internet access, fetch the file elsewhere and pass it with "
+        "--raw-file PATH")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   os.makedirs(download_dir, exist_ok=True)
@@ -52,6 +62,17 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
         f"{error}). Without internet access, fetch the file elsewhere and "
         "pass it with --raw-file PATH") from None
   return os.fspath(path)
+
+
+def _unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
+  """Why the URL's host cannot be reached, or None if it can."""
+  address = parse.urlsplit(url)
+  port = address.port or (443 if address.scheme == "https" else 80)
+  try:
+    socket.create_connection((address.hostname, port), timeout=timeout).close()
+  except OSError as error:
+    return f"cannot reach {address.hostname}:{port}: {error}"
+  return None
 
 
 def _remove_new_entries(directory: str, before: set) -> None:

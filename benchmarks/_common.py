@@ -80,25 +80,24 @@ def _plain(value):
   raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+_RELATIONS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
+              "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+
+
 def check_targets(figures: Dict[str, float],
                   targets: Dict[str, tuple]) -> Dict[str, Optional[bool]]:
   """Whether each figure meets its target.
 
   Args:
     figures: name -> measured value.
-    targets: name -> (">=" or "<=", bound).
+    targets: name -> (relation, bound), relation one of >=, >, <=, <.
 
   Returns:
     name -> True/False (None where the figure is missing).
   """
-  met = {}
-  for name, (relation, bound) in targets.items():
-    value = figures.get(name)
-    if value is None:
-      met[name] = None
-    else:
-      met[name] = bool(value >= bound if relation == ">=" else value <= bound)
-  return met
+  return {name: None if figures.get(name) is None
+          else bool(_RELATIONS[relation](figures[name], bound))
+          for name, (relation, bound) in targets.items()}
 
 
 def describe_targets(targets: Dict[str, tuple]) -> Dict[str, str]:

@@ -117,7 +117,8 @@ def exact_numpy(embeddings: np.ndarray, n: int):
   return search
 
 
-def tree_index(embeddings: np.ndarray, args, tune_queries: np.ndarray):
+def tree_index(embeddings: np.ndarray, args, tune_queries: np.ndarray,
+               queries: np.ndarray):
   """A tree_ah ItemIndex on the embeddings, tuned to recall 0.99."""
   from remi_tf.index import IndexConfig, ItemIndex  # pylint: disable=g-import-not-at-top
   leaves = args.num_leaves or max(2, int(round(math.sqrt(len(embeddings)))))
@@ -128,7 +129,7 @@ def tree_index(embeddings: np.ndarray, args, tune_queries: np.ndarray):
                              reorder=args.reorder)
   build_seconds, index = _common.timed(
       lambda: ItemIndex.build(embeddings, index_config))
-  tune_seconds, _ = _common.timed(lambda: index.tune(tune_queries))
+  tune_seconds, _ = _common.timed(lambda: index.tune(tune_queries, queries))
   _common.log(f"tree_ah: built in {build_seconds:.1f}s, tuned in "
               f"{tune_seconds:.1f}s to {index.config}")
   return index, build_seconds, tune_seconds
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
   build_seconds = tune_seconds = None
   if args.rebuild_tree:
     index, build_seconds, tune_seconds = tree_index(embeddings, args,
-                                                    tune_queries)
+                                                    tune_queries, queries)
   else:
     index = artifacts.index
 

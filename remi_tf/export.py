@@ -122,9 +122,12 @@ def export_model(tower: tf.keras.Model, dataset: ProcessedDataset,
     if embeddings.shape[1] < 2:  # asymmetric hashing needs 2+ dimensions
       index_config = IndexConfig(kind="brute_force")
   index = ItemIndex.build(embeddings, index_config)
-  held_out = evaluation_examples(dataset.test, seq_len).histories
-  interests = tower(tf.constant(held_out[:2000]))["interests"].numpy()
-  index.tune(interests.reshape(-1, interests.shape[-1]))
+  # Tune on validation users' interests, measure on test users'.
+  queries = [tower(tf.constant(evaluation_examples(split, seq_len)
+                               .histories[:1000]))["interests"].numpy()
+             for split in (dataset.valid, dataset.test)]
+  index.tune(*[q.reshape(-1, q.shape[-1]) for q in queries])
+  interests = queries[1]
 
   export_dir = os.path.abspath(export_dir)
   parent = os.path.dirname(export_dir)

@@ -80,6 +80,9 @@ class ItemIndex:
     self.embeddings = embeddings
     self.searcher = searcher
     self.config = index_config
+    # One traced graph for every request shape and n: eager TF ops would
+    # cost milliseconds per request.
+    self._merge = tf.function(merge_over_interests, reduce_retracing=True)
 
   @classmethod
   def build(cls, embeddings: np.ndarray,
@@ -127,25 +130,29 @@ class ItemIndex:
     per_interest = n + (0 if exclude is None else exclude.shape[1])
     per_interest = min(per_interest, len(self.embeddings))
     ids, scores = self.search(interests.reshape(batch * k, dim), per_interest)
-    merged_ids, merged_scores = merge_over_interests(
+    merged_ids, merged_scores = self._merge(
         tf.reshape(ids, [batch, k, -1]), tf.reshape(scores, [batch, k, -1]),
-        n, None if exclude is None else tf.constant(exclude))
+        tf.constant(n), None if exclude is None else tf.constant(exclude))
     return merged_ids.numpy(), merged_scores.numpy()
 
-  def tune(self, queries: np.ndarray,
+  def tune(self, queries: np.ndarray, held_out: np.ndarray,
            target: float = TARGET_RECALL) -> IndexConfig:
-    """Searches more leaves and reorders more until recall@50 against exact
-    search on `queries` (float32 [Q, d]) reaches `target`; records it."""
+    """Searches more leaves and re-orders more until recall@50 against exact
+    search on `queries` (float32 [Q, d]) reaches `target`, then records the
+    recall measured on other queries, `held_out` (float32 [H, d])."""
     exact = exact_neighbours(queries, self.embeddings, RECALL_AT)
-    while True:
+    while self.config.kind == "tree_ah":
       found, _ = self.search(queries, RECALL_AT)
-      self.config.recall = neighbour_recall(found, exact)
-      if (self.config.recall >= target or self.config.kind == "brute_force"
+      if (neighbour_recall(found, exact) >= target
           or self.config.leaves_to_search >= self.config.num_leaves):
-        return self.config
+        break
       self.config.leaves_to_search = min(self.config.num_leaves,
                                          2 * self.config.leaves_to_search)
-      self.config.reorder *= 2
+      self.config.reorder = min(len(self.embeddings), 2 * self.config.reorder)
+    found, _ = self.search(held_out, RECALL_AT)
+    self.config.recall = neighbour_recall(
+        found, exact_neighbours(held_out, self.embeddings, RECALL_AT))
+    return self.config
 
   def save(self, directory: str, raw_ids: np.ndarray) -> None:
     """Writes the index into `directory` (which must not exist)."""

@@ -132,9 +132,9 @@ def test_scann_tree_index_reaches_the_recall_target():
   # Start deliberately low so the check has to search more leaves.
   config.leaves_to_search, config.reorder = 2, 60
   index = ItemIndex.build(embeddings, config)
-  queries = rng.normal(size=(300, dim)).astype(np.float32)
-  tuned = index.tune(queries)
-  assert tuned.recall >= 0.99
+  queries = rng.normal(size=(600, dim)).astype(np.float32)
+  tuned = index.tune(queries[:300], held_out=queries[300:])
+  assert tuned.recall >= 0.98  # measured on queries it was not tuned on
   assert tuned.leaves_to_search > 2
 
 

@@ -109,6 +109,13 @@ def describe_targets(targets: Dict[str, tuple]) -> Dict[str, str]:
 # --- timing ---------------------------------------------------------------
 
 
+def require_positive(parser, args, names: Sequence[str]) -> None:
+  """parser.error() for any of the named integer flags below 1."""
+  for name in names:
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
 def timed(function: Callable[[], object]):
   """(seconds, result) of one call."""
   start = time.perf_counter()

@@ -79,9 +79,8 @@ def parse_args(argv=None):
                       help="interest vectors to tune the rebuilt tree on")
   parser.add_argument("--seed", type=int, default=2023)
   args = parser.parse_args(argv)
-  for name in ("queries", "batch", "batched", "tune_queries"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  _common.require_positive(
+      parser, args, ("queries", "batch", "batched", "tune_queries"))
   return args
 
 

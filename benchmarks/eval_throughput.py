@@ -59,9 +59,8 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.items < 2:
     parser.error("--items must be >= 2 (padding + one item)")
-  for name in ("users", "seq_len", "batch_size", "held_out"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  _common.require_positive(
+      parser, args, ("users", "seq_len", "batch_size", "held_out"))
   return args
 
 

@@ -73,9 +73,8 @@ def parse_args(argv=None):
                       help="seconds to wait for /healthz")
   parser.add_argument("--seed", type=int, default=2023)
   args = parser.parse_args(argv)
-  for name in ("k", "requests", "concurrency", "load_requests"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  _common.require_positive(
+      parser, args, ("k", "requests", "concurrency", "load_requests"))
   return args
 
 

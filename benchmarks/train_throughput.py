@@ -80,9 +80,8 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.items < 2:
     parser.error("--items must be >= 2 (padding + one item)")
-  for name in ("seq_len", "batch_size", "negatives", "steps", "repeats"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  _common.require_positive(
+      parser, args, ("seq_len", "batch_size", "negatives", "steps", "repeats"))
   return args
 
 

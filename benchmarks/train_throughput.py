@@ -62,7 +62,7 @@ def parse_args(argv=None):
   parser.add_argument("--sampler", default="uniform",
                       choices=config.SAMPLERS)
   parser.add_argument("--optimizer", default="lazy-adam",
-                      choices=("lazy-adam", "adam"),
+                      choices=config.OPTIMIZERS,
                       help="remi_tf.optimizers.LazyAdam (as training) or "
                       "dense tf.keras.optimizers.Adam")
   parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -121,11 +121,8 @@ def build(args, num_items: int, beta: float, rr_lambda: float):
       rr_lambda=rr_lambda, negatives=args.negatives, sampler=args.sampler)
   # build_model reads only num_items and item_counts of the dataset.
   dataset = types.SimpleNamespace(num_items=num_items, item_counts=None)
-  model = training.build_model(dataset, model_config, args.learning_rate,
-                               args.seed)
-  if args.optimizer == "adam":
-    model.compile(optimizer=tf.keras.optimizers.Adam(args.learning_rate))
-  return model
+  return training.build_model(dataset, model_config, args.learning_rate,
+                              args.seed, args.optimizer)
 
 
 def main(argv=None) -> int:

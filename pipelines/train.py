@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="negative sampler (default uniform)")
   parser.add_argument("--batch-size", type=int, help="default 128")
   parser.add_argument("--learning-rate", type=float, help="Adam, default 1e-3")
+  parser.add_argument("--optimizer", choices=config.OPTIMIZERS,
+                      help="lazy-adam (default: sparse row updates of the "
+                      "item table) or adam (dense)")
   parser.add_argument("--max-steps", type=int, help="default 1,000,000")
   parser.add_argument("--eval-every", type=int, help="steps between "
                       "validations (default 1000)")
@@ -83,6 +86,7 @@ def train(args: argparse.Namespace) -> int:
       threshold=args.threshold, beta=args.beta, rr_lambda=args.rr_lambda,
       negatives=args.negatives, sampler=args.sampler,
       batch_size=args.batch_size, learning_rate=args.learning_rate,
+      optimizer=args.optimizer,
       max_steps=args.max_steps, eval_every=args.eval_every,
       patience=args.patience, seed=args.seed)
   run_dir = args.output or runs.default_run_dir(run_config)

@@ -23,6 +23,9 @@ DATASET_DEFAULTS = {
 
 MODELS = ("comirec-sa", "comirec-dr", "mind", "youtube-dnn", "gru4rec", "pop")
 SAMPLERS = ("uniform", "log-uniform", "full")
+# "lazy-adam" updates only the item rows a batch touched (remi_tf.optimizers);
+# "adam" is Keras's dense Adam.
+OPTIMIZERS = ("lazy-adam", "adam")
 # Item-embedding initializers: "he" is N(0, 2/d) as the REMI reference code
 # (torch's kaiming_normal_ on [N, d]); "glorot" is Glorot-normal over
 # (N + d), as the original ComiRec TensorFlow code (tiny rows at large N).
@@ -58,6 +61,7 @@ class TrainConfig:
 
   batch_size: int = 128
   learning_rate: float = 1e-3
+  optimizer: str = "lazy-adam"
   max_steps: int = 1_000_000
   eval_every: int = 1000
   patience: int = 50

@@ -47,8 +47,9 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
                    **overrides) -> RunConfig:
   """A run configuration: the dataset's defaults, then any non-None
   override (names as the train.py flags: model, interests, embedding_dim,
-  seq_len, threshold, beta, rr_lambda, negatives, sampler, batch_size,
-  learning_rate, max_steps, eval_every, patience, seed)."""
+  embedding_init, seq_len, threshold, beta, rr_lambda, negatives, sampler,
+  batch_size, learning_rate, optimizer, max_steps, eval_every, patience,
+  seed)."""
   if dataset not in config.DATASET_DEFAULTS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of "
                      f"{', '.join(config.DATASET_DEFAULTS)}")
@@ -66,6 +67,9 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   if model.model not in config.MODELS:
     raise ValueError(f"unknown model {model.model!r}; choose one of "
                      f"{', '.join(config.MODELS)}")
+  if given.get("optimizer", "lazy-adam") not in config.OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {given['optimizer']!r}; choose one "
+                     f"of {', '.join(config.OPTIMIZERS)}")
   if model.sampler not in config.SAMPLERS:
     raise ValueError(f"unknown sampler {model.sampler!r}; choose one of "
                      f"{', '.join(config.SAMPLERS)}")
@@ -153,7 +157,8 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
                          run_config.threshold, cache_dir=cache_dir)
   model = training.build_model(dataset, run_config.model,
                                run_config.train.learning_rate,
-                               run_config.train.seed)
+                               run_config.train.seed,
+                               run_config.train.optimizer)
   if run_config.model.model != "pop":
     model.load_weights(os.path.join(run_dir, training.BEST_WEIGHTS)
                        ).expect_partial()

@@ -113,7 +113,8 @@ def read_history(run_dir: str) -> List[Dict[str, float]]:
 
 
 def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
-                learning_rate: float, seed: int) -> RetrievalModel:
+                learning_rate: float, seed: int,
+                optimizer: str = "lazy-adam") -> RetrievalModel:
   """The compiled training model for a dataset and configuration."""
   tower = build_user_tower(model_config, dataset.num_items,
                            dataset.item_counts)
@@ -121,7 +122,11 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
                          min(model_config.negatives, dataset.num_items), seed)
   model = RetrievalModel(tower, sampler, model_config.beta,
                          model_config.rr_lambda)
-  model.compile(optimizer=LazyAdam(learning_rate))
+  optimizers = {"lazy-adam": LazyAdam, "adam": tf.keras.optimizers.Adam}
+  if optimizer not in optimizers:
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose one of "
+                     f"{', '.join(config.OPTIMIZERS)}")
+  model.compile(optimizer=optimizers[optimizer](learning_rate))
   return model
 
 
@@ -144,7 +149,7 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
   os.makedirs(run_dir, exist_ok=True)
   tf.keras.utils.set_random_seed(train_config.seed)
   model = build_model(dataset, model_config, train_config.learning_rate,
-                      train_config.seed)
+                      train_config.seed, train_config.optimizer)
   valid_examples = evaluation_examples(dataset.valid, model_config.seq_len)
   test_examples = evaluation_examples(dataset.test, model_config.seq_len)
   if model_config.model == "pop":

@@ -50,8 +50,9 @@ def parse_args(argv=None):
   parser.add_argument("--embedding-dim", type=int, default=64, help="d")
   parser.add_argument("--model", default="comirec-sa",
                       choices=[m for m in config.MODELS if m != "pop"])
-  parser.add_argument("--batch-size", type=int, default=256,
-                      help="users per recommend batch")
+  parser.add_argument("--batch-size", type=int,
+                      help="users per recommend batch (default: the "
+                      "evaluation's own, from its memory budget)")
   parser.add_argument("--max-padding", type=int, default=5)
   parser.add_argument("--held-out", type=int, default=50,
                       help="most held-out targets of a user (metrics)")
@@ -60,7 +61,7 @@ def parse_args(argv=None):
   if args.items < 2:
     parser.error("--items must be >= 2 (padding + one item)")
   _common.require_positive(
-      parser, args, ("users", "seq_len", "batch_size", "held_out"))
+      parser, args, ("users", "seq_len", "held_out"))
   return args
 
 
@@ -92,9 +93,8 @@ def main(argv=None) -> int:
                      0).astype(np.int32)
 
   warmup_seconds, _ = _common.timed(lambda: evaluation.recommend(
-      tower, histories[:args.batch_size], n, args.batch_size))
-  _common.log(f"warm-up on one batch of {min(args.batch_size, args.users)}: "
-              f"{warmup_seconds:.2f}s")
+      tower, histories[:args.batch_size or 256], n, args.batch_size))
+  _common.log(f"warm-up: {warmup_seconds:.2f}s")
   seconds, ranked = _common.timed(lambda: evaluation.recommend(
       tower, histories, n, args.batch_size))
   users_per_second = args.users / seconds

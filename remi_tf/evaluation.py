@@ -8,7 +8,7 @@ same sum for that many hits at the top. NDCG follows R's true rank order
 (the REMI reference code walks a Python set, so its NDCG is not comparable).
 """
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +17,9 @@ from remi_tf.data.inputs import EvaluationExamples
 from remi_tf.retrieval import exact_top_n
 
 CUTOFFS = (20, 50)
+# Scores held at once by exact retrieval (users x interests x items floats):
+# 2**26 floats is 256 MB.
+SCORE_BUDGET = 2**26
 
 
 def ranking_metrics(ranked: np.ndarray, targets: np.ndarray,
@@ -55,19 +58,24 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray,
 
 
 def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
-              batch_size: int = 256) -> np.ndarray:
+              batch_size: Optional[int] = None) -> np.ndarray:
   """Exact top-n item ids for each history (max over interests).
 
   Args:
     tower: a user tower (`call(history)["interests"]`, `item_table()`).
     histories: int [U, seq_len], 0-padded.
     n: list length.
-    batch_size: users per matrix product.
+    batch_size: users per matrix product (default: as many as keep the
+      [users, K, N + 1] scores within `SCORE_BUDGET`, at most 256).
 
   Returns:
     int32 [U, n].
   """
   item_table = tower.item_table()
+  if batch_size is None:
+    interests = int(tower(tf.constant(histories[:1]))["interests"].shape[1])
+    batch_size = int(np.clip(SCORE_BUDGET // (interests * item_table.shape[0]),
+                             1, 256))
 
   @tf.function(reduce_retracing=True)
   def top_n(history):
@@ -82,7 +90,7 @@ def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
 
 def evaluate(tower: tf.keras.Model, examples: EvaluationExamples,
              cutoffs: Sequence[int] = CUTOFFS,
-             batch_size: int = 256) -> Dict[str, float]:
+             batch_size: Optional[int] = None) -> Dict[str, float]:
   """The paper's metrics of a tower on validation or test examples."""
   ranked = recommend(tower, examples.histories, max(cutoffs), batch_size)
   return ranking_metrics(ranked, examples.targets, cutoffs)

@@ -113,7 +113,6 @@ def synthetic_stream(num_items: int, seq_len: int, batch_size: int,
 
 def build(args, num_items: int, beta: float, rr_lambda: float):
   """The compiled training model, through remi_tf.training.build_model."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from remi_tf import config, training  # pylint: disable=g-import-not-at-top
   model_config = config.ModelConfig(
       model=args.model, interests=args.interests,

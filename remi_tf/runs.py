@@ -6,14 +6,12 @@ import dataclasses
 import datetime
 import glob
 import json
-import logging
 import os
 from typing import Optional
 
 from remi_tf import config, training
 from remi_tf.data import load_dataset
 
-_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)

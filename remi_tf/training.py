@@ -11,7 +11,6 @@ stopping and the best score are rebuilt from `history.csv` on resume.
 import csv
 import dataclasses
 import json
-import logging
 import math
 import os
 import sys
@@ -27,7 +26,6 @@ from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,
 from remi_tf.models import RetrievalModel, build_user_tower, make_sampler
 from remi_tf.optimizers import LazyAdam
 
-_log = logging.getLogger(__name__)
 HISTORY_FILE = "history.csv"
 BEST_WEIGHTS = os.path.join("best", "weights")
 METRICS_FILE = "metrics.json"

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
 from remi_tf import runs
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.index import IndexConfig, ItemIndex, default_config

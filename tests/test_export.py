@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_pipeline
 from remi_tf import runs
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.index import IndexConfig, ItemIndex, default_config
@@ -152,3 +153,23 @@ def test_index_merge_equals_exact_search_with_brute_force_scann(tmp_path):
   np.testing.assert_array_equal(ids, expected_ids.numpy())
   np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4)
   assert list(raw_ids[:3]) == ["0", "1", "2"]
+
+
+def test_evaluate_cli_on_run_and_export_match_the_run_metrics(tiny_run):
+  run_dir, export_dir, cache = tiny_run
+  with open(run_dir / "metrics.json") as stored:
+    expected = json.load(stored)["test"]
+  for flags in (["--run", str(run_dir)], ["--model-dir", str(export_dir)]):
+    done = run_pipeline("evaluate.py", *flags, cache_dir=cache)
+    measured = json.loads(done.stdout[done.stdout.index("{"):])
+    for name, value in expected.items():
+      assert measured[name] == pytest.approx(value, abs=1e-6), (flags, name)
+
+
+def test_export_cli_writes_the_next_version(tiny_run, tmp_path):
+  run_dir, _, cache = tiny_run
+  target = tmp_path / "cli-export"
+  for version in (1, 2):
+    done = run_pipeline("export.py", "--run", str(run_dir), "--export-dir",
+                        str(target), cache_dir=cache)
+    assert f'"user_tower": {version}' in done.stdout

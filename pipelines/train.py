@@ -31,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--interests", type=int, help="K (default 4)")
   parser.add_argument("--embedding-dim", type=int, help="d (default 64)")
   parser.add_argument("--embedding-init", choices=config.EMBEDDING_INITS,
-                      help="item-embedding initializer (default he, as the "
-                      "REMI reference; glorot as the original ComiRec)")
+                      help="item-embedding initializer (default glorot, as "
+                      "the original ComiRec; he as the REMI reference code)")
   parser.add_argument("--seq-len", type=int, help="history length "
                       "(default per dataset)")
   parser.add_argument("--threshold", type=int, help="item/user filter "

@@ -26,9 +26,10 @@ SAMPLERS = ("uniform", "log-uniform", "full")
 # "lazy-adam" updates only the item rows a batch touched (remi_tf.optimizers);
 # "adam" is Keras's dense Adam.
 OPTIMIZERS = ("lazy-adam", "adam")
-# Item-embedding initializers: "he" is N(0, 2/d) as the REMI reference code
-# (torch's kaiming_normal_ on [N, d]); "glorot" is Glorot-normal over
-# (N + d), as the original ComiRec TensorFlow code (tiny rows at large N).
+# Item-embedding initializers: "glorot" is Glorot-normal over (N + d), as the
+# original ComiRec TensorFlow code; "he" is N(0, 2/d), as the REMI PyTorch
+# code (kaiming_normal_ on [N, d]). On amazon-books-38k glorot trains both
+# ComiRec-SA and REMI to clearly better metrics (docs/RESULTS.md).
 EMBEDDING_INITS = ("he", "glorot")
 
 # The user split of the ComiRec protocol and the seed of its shuffle.
@@ -47,7 +48,7 @@ class ModelConfig:
   model: str = "comirec-sa"
   interests: int = 4
   embedding_dim: int = 64
-  embedding_init: str = "he"
+  embedding_init: str = "glorot"
   seq_len: int = 20
   beta: float = 0.0
   rr_lambda: float = 100.0

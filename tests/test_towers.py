@@ -131,10 +131,10 @@ def test_masked_softmax_and_squash():
 
 
 def test_embedding_initializers():
-  he = build_user_tower(config.ModelConfig(embedding_dim=DIM, seq_len=SEQ_LEN),
-                        2000)
-  glorot = build_user_tower(config.ModelConfig(
-      embedding_dim=DIM, seq_len=SEQ_LEN, embedding_init="glorot"), 2000)
+  he = build_user_tower(config.ModelConfig(
+      embedding_dim=DIM, seq_len=SEQ_LEN, embedding_init="he"), 2000)
+  glorot = build_user_tower(config.ModelConfig(embedding_dim=DIM,
+                                               seq_len=SEQ_LEN), 2000)
   np.testing.assert_allclose(np.std(he.item_table().numpy()),
                              (2.0 / DIM)**0.5, rtol=0.05)
   np.testing.assert_allclose(np.std(glorot.item_table().numpy()),

@@ -19,12 +19,12 @@ class UserTower(tf.keras.Model):
     encoder: a layer (history embeddings [B, n, d], mask [B, n]) ->
       (interests [B, K, d], routing [B, K, n]).
     embedding_dim: d.
-    embedding_init: "he" (N(0, 2/d), the REMI reference) or "glorot"
-      (Glorot-normal over N + d, the original ComiRec code).
+    embedding_init: "glorot" (Glorot-normal over N + d, the original
+      ComiRec code) or "he" (N(0, 2/d), the REMI reference code).
   """
 
   def __init__(self, num_items: int, encoder: tf.keras.layers.Layer,
-               embedding_dim: int, embedding_init: str = "he", **kwargs):
+               embedding_dim: int, embedding_init: str = "glorot", **kwargs):
     super().__init__(**kwargs)
     initializers = {
         "he": tf.keras.initializers.RandomNormal(

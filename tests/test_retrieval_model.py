@@ -163,7 +163,7 @@ def test_planted_clusters_are_learned(model_name):
   model = RetrievalModel(tower, CandidateSampler(num_items, 64, seed=3),
                          beta=1.0, rr_lambda=100.0)
   model.compile(optimizer=LazyAdam(5e-3))
-  model.fit(tf.data.Dataset.counter().map(batches), steps_per_epoch=300,
+  model.fit(tf.data.Dataset.counter().map(batches), steps_per_epoch=500,
             epochs=1, verbose=0)
   trained = evaluation.evaluate(tower, examples, cutoffs=(20,))
   print(f"{model_name} planted recall@20: untrained "

@@ -1,7 +1,8 @@
 """Training: Keras `fit` on the `RetrievalModel` with library callbacks.
 
 One Keras "epoch" is one evaluation interval (`eval_every` steps). At its
-end the validation users are evaluated (Recall@50 selects the best model),
+end lazy Adam's pending row updates are applied, the validation users are
+evaluated (Recall@50 selects the best model),
 the best weights are checkpointed, the history is appended to `history.csv`,
 early stopping counts evaluations, and `BackupAndRestore` saves weights,
 optimizer and epoch, so a killed run loses at most one interval. Early
@@ -24,7 +25,7 @@ from remi_tf.data import ProcessedDataset
 from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,
                                  training_dataset)
 from remi_tf.models import RetrievalModel, build_user_tower, make_sampler
-from remi_tf.optimizers import LazyAdam
+from remi_tf.optimizers import CatchUpCallback, LazyAdam
 
 HISTORY_FILE = "history.csv"
 BEST_WEIGHTS = os.path.join("best", "weights")
@@ -162,6 +163,7 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
                             train_config.batch_size, train_config.seed,
                             start_step=len(history) * train_config.eval_every)
   callbacks = [
+      CatchUpCallback(),
       ValidationCallback(valid_examples),
       tf.keras.callbacks.ModelCheckpoint(
           os.path.join(run_dir, BEST_WEIGHTS), monitor=monitor, mode="max",

@@ -3,10 +3,10 @@ plain sampled softmax and for REMI, measured in the same process.
 
 What runs: the training model as `remi_tf.training.build_model` builds it
 (`build_user_tower` + `make_sampler` + `RetrievalModel`, compiled with
-`remi_tf.optimizers.LazyAdam`), fed a synthetic tf.data stream generated in
-the graph (uniform random item ids; each history ends with 0 to
---max-padding zero-padding positions; uniform random targets), so input is
-not the bottleneck. Two variants:
+`remi_tf.optimizers.LazyAdam`), fed by the package's own training input
+pipeline (`remi_tf.data.inputs.training_dataset`) over 10,000 synthetic
+users of uniform random items, long enough that most histories are full.
+Two variants:
 
   plain  beta 0, rr_lambda 0        (ComiRec-SA's sampled softmax)
   remi   beta --beta, rr_lambda --rr-lambda   (IHN + routing regularization)
@@ -37,6 +37,8 @@ import os
 import statistics
 import sys
 import types
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  (repo root on sys.path; imports remi_tf first)
@@ -87,28 +89,20 @@ def parse_args(argv=None):
 
 def synthetic_stream(num_items: int, seq_len: int, batch_size: int,
                      max_padding: int, seed: int):
-  """Endless {"history": int32 [B, n], "target": int32 [B]} batches made
-  in the graph from (seed, step) with stateless RNG."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  positions = tf.range(seq_len)
-  min_length = max(1, seq_len - max_padding)
-
-  def make_batch(step):
-    key = tf.stack([tf.constant(seed, tf.int64), step])
-    ids = tf.random.stateless_uniform([batch_size, seq_len], key, 1,
-                                      num_items + 1, dtype=tf.int32)
-    lengths = tf.random.stateless_uniform(
-        [batch_size], key + tf.constant([0, 1], tf.int64), min_length,
-        seq_len + 1, dtype=tf.int32)
-    target = tf.random.stateless_uniform(
-        [batch_size], key + tf.constant([0, 2], tf.int64), 1, num_items + 1,
-        dtype=tf.int32)
-    return {"history": tf.where(positions[None] < lengths[:, None], ids, 0),
-            "target": target}
-
-  return (tf.data.Dataset.counter()
-          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  """The package's own training stream (remi_tf.data.inputs) over 10,000
+  synthetic users of random items, each long enough that most histories are
+  full and at most `max_padding` + 4 positions pad the shortest ones."""
+  from remi_tf.data import UserSequences  # pylint: disable=g-import-not-at-top
+  from remi_tf.data.inputs import training_dataset  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(seq_len - max_padding + 5, seq_len + 20,
+                         size=10_000)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  users = UserSequences(
+      offsets=offsets,
+      items=rng.integers(1, num_items + 1, size=offsets[-1]).astype(np.int32),
+      users=np.arange(len(lengths)).astype(str))
+  return training_dataset(users, seq_len, batch_size, seed)
 
 
 def build(args, num_items: int, beta: float, rr_lambda: float):

@@ -62,15 +62,15 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   model = config.ModelConfig(**{
       "seq_len": defaults.seq_len, "beta": defaults.beta,
       **{k: v for k, v in given.items() if k in model_fields}})
-  if model.model not in config.MODELS:
-    raise ValueError(f"unknown model {model.model!r}; choose one of "
-                     f"{', '.join(config.MODELS)}")
-  if given.get("optimizer", "lazy-adam") not in config.OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {given['optimizer']!r}; choose one "
-                     f"of {', '.join(config.OPTIMIZERS)}")
-  if model.sampler not in config.SAMPLERS:
-    raise ValueError(f"unknown sampler {model.sampler!r}; choose one of "
-                     f"{', '.join(config.SAMPLERS)}")
+  chosen = {**dataclasses.asdict(model),
+            "optimizer": given.get("optimizer", config.TrainConfig.optimizer)}
+  for name, choices in (("model", config.MODELS),
+                        ("sampler", config.SAMPLERS),
+                        ("embedding_init", config.EMBEDDING_INITS),
+                        ("optimizer", config.OPTIMIZERS)):
+    if chosen[name] not in choices:
+      raise ValueError(f"unknown {name.replace('_', ' ')} {chosen[name]!r}; "
+                       f"choose one of {', '.join(choices)}")
   train = config.TrainConfig(
       **{k: v for k, v in given.items() if k in train_fields})
   for name in ("batch_size", "max_steps", "eval_every", "patience"):

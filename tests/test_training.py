@@ -121,3 +121,11 @@ def test_defaults_come_from_the_dataset_table():
   assert (books.model.seq_len, books.model.beta, books.model.rr_lambda) == (
       20, 0.0, 0.0)
   assert runs.resolve_config("retailrocket").model.beta == 0.1
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("model", "bert4rec"), ("sampler", "zipf"), ("optimizer", "sgd"),
+    ("embedding_init", "zeros")])
+def test_unknown_choices_list_the_valid_ones(setting, value):
+  with pytest.raises(ValueError, match=f"unknown .*{value}.*choose one of"):
+    runs.resolve_config("csv", **{setting: value})

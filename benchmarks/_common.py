@@ -174,7 +174,7 @@ def export_metadata(model_dir: str) -> dict:
 
 
 def dataset_histories(metadata: dict, cache_dir: Optional[str],
-                      expected_vocab: Optional[np.ndarray] = None,
+                      expected_vocab: np.ndarray,
                       splits: Sequence[str] = ("test", "valid", "train")):
   """Real users' histories of the dataset an export was trained on.
 
@@ -198,14 +198,9 @@ def dataset_histories(metadata: dict, cache_dir: Optional[str],
     Whatever loading the dataset raises (e.g. the raw file is gone).
   """
   from remi_tf import runs  # pylint: disable=g-import-not-at-top
-  from remi_tf.data import load_dataset  # pylint: disable=g-import-not-at-top
   from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
-  run_config = runs.RunConfig.from_json(metadata["config"])
-  dataset = load_dataset(run_config.dataset, run_config.raw_file,
-                         run_config.threshold, cache_dir=cache_dir)
-  if expected_vocab is not None and not np.array_equal(
-      dataset.item_vocab, np.asarray(expected_vocab).astype(str)):
-    raise ValueError("the export was not trained on this dataset's items")
+  run_config, dataset = runs.dataset_of_export(metadata, expected_vocab,
+                                               cache_dir)
   seq_len = run_config.model.seq_len
   parts, counts = [], {}
   for split in splits:

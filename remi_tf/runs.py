@@ -9,8 +9,14 @@ import json
 import os
 from typing import Optional
 
-from remi_tf import config, training
+import numpy as np
+import tensorflow as tf
+
+from remi_tf import config, evaluation, export, training
 from remi_tf.data import load_dataset
+from remi_tf.data.inputs import evaluation_examples
+from remi_tf.retrieval import exact_top_n
+from remi_tf.serving.artifacts import load_artifacts
 
 
 
@@ -131,7 +137,6 @@ def train_run(run_config: RunConfig, run_dir: str,
              **result.summary(run_config.train.batch_size)}
   training.write_json(os.path.join(run_dir, training.METRICS_FILE), metrics)
   if export_dir is not None:
-    from remi_tf import export  # pylint: disable=g-import-not-at-top
     metrics["export"] = export.export_model(
         result.model.tower, dataset, run_config, metrics, export_dir)
   return metrics
@@ -166,7 +171,6 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
 def export_run(run_dir: str, export_dir: str,
                cache_dir: Optional[str] = None) -> dict:
   """Exports a finished run's best model to `export_dir`."""
-  from remi_tf import export  # pylint: disable=g-import-not-at-top
   run_config, dataset, model, metrics = load_run(run_dir, cache_dir)
   return export.export_model(model.tower, dataset, run_config, metrics,
                              export_dir)
@@ -175,30 +179,39 @@ def export_run(run_dir: str, export_dir: str,
 def evaluate_run(run_dir: str, split: str = "test",
                  cache_dir: Optional[str] = None) -> dict:
   """The paper's metrics of a finished run's best model on a split."""
-  from remi_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
   run_config, dataset, model, _ = load_run(run_dir, cache_dir)
   examples = evaluation_examples(getattr(dataset, split),
                                  run_config.model.seq_len)
   return evaluation.evaluate(model.tower, examples)
 
 
+def dataset_of_export(metadata: dict, raw_ids, cache_dir: Optional[str] = None):
+  """The run configuration and dataset an export was trained on, rebuilt
+  from its metadata (raw file and protocol, through the cache).
+
+  Args:
+    metadata: the export's metadata.json.
+    raw_ids: the export's item raw ids; the dataset must have exactly these.
+    cache_dir: download/preprocessing cache.
+
+  Returns:
+    (RunConfig, ProcessedDataset).
+  """
+  run_config = RunConfig.from_json(metadata["config"])
+  dataset = load_dataset(run_config.dataset, run_config.raw_file,
+                         run_config.threshold, cache_dir=cache_dir)
+  if not np.array_equal(dataset.item_vocab, np.asarray(raw_ids).astype(str)):
+    raise ValueError("the export was not trained on this dataset's items")
+  return run_config, dataset
+
+
 def evaluate_export(model_dir: str, split: str = "test",
                     cache_dir: Optional[str] = None) -> dict:
   """The paper's metrics of an export (its SavedModel user tower and item
   embeddings, exact search) on a split of the dataset it was trained on."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from remi_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
-  from remi_tf.retrieval import exact_top_n  # pylint: disable=g-import-not-at-top
-  from remi_tf.serving.artifacts import load_artifacts  # pylint: disable=g-import-not-at-top
   artifacts = load_artifacts(model_dir)
-  run_config = RunConfig.from_json(artifacts.metadata["config"])
-  dataset = load_dataset(run_config.dataset, run_config.raw_file,
-                         run_config.threshold, cache_dir=cache_dir)
-  if not np.array_equal(dataset.item_vocab, artifacts.vocabulary.raw_ids):
-    raise ValueError(f"{model_dir} was not trained on this dataset's items")
+  run_config, dataset = dataset_of_export(
+      artifacts.metadata, artifacts.vocabulary.raw_ids, cache_dir)
   examples = evaluation_examples(getattr(dataset, split),
                                  run_config.model.seq_len)
   raw = np.concatenate([[""], dataset.item_vocab])

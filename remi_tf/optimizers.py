@@ -26,6 +26,9 @@ class LazyAdam(tf.keras.optimizers.Adam):
 
   def build(self, var_list):
     super().build(var_list)
+    # Keys of the variables updated sparsely, recorded when the update step
+    # is traced: only those have pending movement to catch up.
+    self._sparse_keys = set()
     if getattr(self, "_last_steps", None) is not None:
       return
     self._last_steps = [
@@ -46,7 +49,8 @@ class LazyAdam(tf.keras.optimizers.Adam):
     beta_1 = tf.cast(self.beta_1, dtype)
     beta_2 = tf.cast(self.beta_2, dtype)
     ratio = beta_1 / tf.sqrt(beta_2)
-    skipped = tf.cast(skipped, dtype)[:, None]
+    skipped = tf.reshape(tf.cast(skipped, dtype),
+                         [-1] + [1] * (len(m.shape) - 1))
     geometric = ratio * (1 - tf.pow(ratio, skipped)) / (1 - ratio)
     movement = self._alpha(dtype) * geometric * m / (tf.sqrt(v) + self.epsilon)
     return movement, tf.pow(beta_1, skipped), tf.pow(beta_2, skipped)
@@ -62,6 +66,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     if not isinstance(gradient, tf.IndexedSlices):
       return super().update_step(gradient, variable)
     dtype = variable.dtype
+    self._sparse_keys.add(self._var_key(variable))
     m, v, last_step = self._state(variable)
     step = tf.cast(self.iterations + 1, tf.int64)
     rows, position = tf.unique(gradient.indices)
@@ -88,8 +93,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     dense pass over the tables; call it before evaluating or saving)."""
     step = tf.cast(self.iterations, tf.int64)
     for variable in variables:
-      if not variable.shape.rank or self._var_key(variable) not in (
-          self._index_dict):
+      if self._var_key(variable) not in self._sparse_keys:
         continue
       m, v, last_step = self._state(variable)
       skipped = tf.maximum(step - last_step, 0)

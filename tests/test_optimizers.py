@@ -70,3 +70,30 @@ def test_dense_variables_get_the_ordinary_adam_update():
                                     [variable]))
   np.testing.assert_allclose(dense_layer.numpy(), reference.numpy(),
                              rtol=1e-6)
+
+
+def test_catch_up_leaves_densely_updated_variables_alone():
+  table = tf.Variable(np.ones((10, 3), np.float32))
+  weights = tf.Variable(np.ones((3, 2), np.float32))
+  bias = tf.Variable(np.zeros(2, np.float32))
+  optimizer = LazyAdam(0.1)
+  variables = [table, weights, bias]
+  for _ in range(5):
+    with tf.GradientTape() as tape:
+      out = tf.matmul(tf.gather(table, [1, 2]), weights) + bias
+      loss = tf.reduce_sum(out)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+  before = [v.numpy().copy() for v in variables]
+  optimizer.catch_up(variables)
+  np.testing.assert_array_equal(weights.numpy(), before[1])
+  np.testing.assert_array_equal(bias.numpy(), before[2])
+  # Rows 1 and 2 were updated at the last step: nothing pending for them.
+  np.testing.assert_allclose(table.numpy(), before[0])
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(tf.gather(table, [5]))
+  optimizer.apply_gradients(zip(tape.gradient(loss, [table]), [table]))
+  moved = table.numpy().copy()
+  optimizer.catch_up([table])
+  # Rows 1 and 2 skipped one step: their momentum keeps moving them.
+  assert np.all(table.numpy()[[1, 2]] < moved[[1, 2]])
+  np.testing.assert_array_equal(table.numpy()[5], moved[5])

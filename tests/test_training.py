@@ -129,3 +129,17 @@ def test_defaults_come_from_the_dataset_table():
 def test_unknown_choices_list_the_valid_ones(setting, value):
   with pytest.raises(ValueError, match=f"unknown .*{value}.*choose one of"):
     runs.resolve_config("csv", **{setting: value})
+
+
+@pytest.mark.parametrize("model", ["youtube-dnn", "gru4rec", "mind",
+                                   "comirec-dr", "pop"])
+def test_every_tower_trains_end_to_end(model, tmp_path):
+  run_pipeline("train.py", *TINY_RUN_FLAGS[:4], "--model", model,
+               "--max-steps", "40", "--eval-every", "20", "--embedding-dim",
+               "8", "--negatives", "64", "--batch-size", "32", "--no-export",
+               "--output", str(tmp_path / "run"),
+               cache_dir=tmp_path / "cache")
+  with open(tmp_path / "run" / "metrics.json") as stored:
+    metrics = json.load(stored)
+  assert metrics["steps"] == (0 if model == "pop" else 40)
+  assert 0.0 <= metrics["test"]["hr@50"] <= 1.0

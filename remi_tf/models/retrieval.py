@@ -86,14 +86,13 @@ class RetrievalModel(tfrs.Model):
         candidate_sampling_probability=probabilities,
         candidate_ids=candidate_ids, score_mask=own_positive_and_negatives,
         compute_metrics=False, compute_batch_metrics=False)
-    if not self.rr_lambda:
-      routing = tf.stop_gradient(routing)  # tracked, not trained
-    rr_loss = losses.routing_regularization(routing, interests.shape[-1])
+    # Without RR the term is only tracked: no gradient flows through it.
+    rr_loss = losses.routing_regularization(
+        routing if self.rr_lambda else tf.stop_gradient(routing),
+        interests.shape[-1])
     self.trackers["softmax_loss"].update_state(softmax_loss)
     self.trackers["rr_loss"].update_state(rr_loss)
     for name, value in losses.routing_diagnostics(
         tf.stop_gradient(routing)).items():
       self.trackers[name].update_state(value)
-    if not self.rr_lambda:
-      return softmax_loss
     return softmax_loss + self.rr_lambda * rr_loss

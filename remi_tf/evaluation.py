@@ -8,7 +8,7 @@ same sum for that many hits at the top. NDCG follows R's true rank order
 (the REMI reference code walks a Python set, so its NDCG is not comparable).
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -57,12 +57,15 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray,
   return {name: float(value) for name, value in metrics.items()}
 
 
-def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
-              batch_size: Optional[int] = None) -> np.ndarray:
-  """Exact top-n item ids for each history (max over interests).
+def rank_by_interests(interests_of: Callable[[np.ndarray], np.ndarray],
+                      item_table, histories: np.ndarray, n: int,
+                      batch_size: Optional[int] = None) -> np.ndarray:
+  """Exact top-n item ids for each history, by max over its interests.
 
   Args:
-    tower: a user tower (`call(history)["interests"]`, `item_table()`).
+    interests_of: int [B, seq_len] histories -> float [B, K, d] interests
+      (a Keras tower, an exported SavedModel, TF Serving).
+    item_table: float [N + 1, d], row 0 padding.
     histories: int [U, seq_len], 0-padded.
     n: list length.
     batch_size: users per matrix product (default: as many as keep the
@@ -71,21 +74,32 @@ def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
   Returns:
     int32 [U, n].
   """
-  item_table = tower.item_table()
+  item_table = tf.convert_to_tensor(item_table)
   if batch_size is None:
-    interests = int(tower(tf.constant(histories[:1]))["interests"].shape[1])
-    batch_size = int(np.clip(SCORE_BUDGET // (interests * item_table.shape[0]),
-                             1, 256))
+    num_interests = int(np.shape(interests_of(histories[:1]))[1])
+    batch_size = int(np.clip(
+        SCORE_BUDGET // (num_interests * item_table.shape[0]), 1, 256))
+  ranked = [
+      _top_ids(tf.convert_to_tensor(interests_of(histories[start:start +
+                                                           batch_size])),
+               item_table, tf.constant(n)).numpy()
+      for start in range(0, len(histories), batch_size)]
+  return np.concatenate(ranked) if ranked else np.zeros((0, n), np.int32)
 
-  @tf.function(reduce_retracing=True)
-  def top_n(history):
-    interests = tower(history, training=False)["interests"]
-    return exact_top_n(interests, item_table, n)[0]
 
-  ranked = [top_n(tf.constant(histories[start:start + batch_size]))
-            for start in range(0, len(histories), batch_size)]
-  return np.concatenate([r.numpy() for r in ranked]) if ranked else np.zeros(
-      (0, n), np.int32)
+@tf.function(reduce_retracing=True)
+def _top_ids(interests, item_table, n):
+  return exact_top_n(interests, item_table, n)[0]
+
+
+def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
+              batch_size: Optional[int] = None) -> np.ndarray:
+  """Exact top-n item ids for each history of a Keras user tower
+  (`rank_by_interests` with the tower's interests and item table)."""
+  interests = tf.function(lambda history: tower(history, training=False)[
+      "interests"], reduce_retracing=True)
+  return rank_by_interests(lambda batch: interests(tf.constant(batch)),
+                           tower.item_table(), histories, n, batch_size)
 
 
 def evaluate(tower: tf.keras.Model, examples: EvaluationExamples,

@@ -10,12 +10,10 @@ import os
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from remi_tf import config, evaluation, export, training
 from remi_tf.data import load_dataset
 from remi_tf.data.inputs import evaluation_examples
-from remi_tf.retrieval import exact_top_n
 from remi_tf.serving.artifacts import load_artifacts
 
 
@@ -217,10 +215,7 @@ def evaluate_export(model_dir: str, split: str = "test",
   raw = np.concatenate([[""], dataset.item_vocab])
   table = np.concatenate([np.zeros_like(artifacts.index.embeddings[:1]),
                           artifacts.index.embeddings])
-  ranked = []
-  for start in range(0, examples.num_users, 256):
-    histories = raw[examples.histories[start:start + 256]].tolist()
-    interests = artifacts.user_tower.interests(histories)
-    ranked.append(exact_top_n(tf.constant(interests), tf.constant(table),
-                              max(evaluation.CUTOFFS))[0].numpy())
-  return evaluation.ranking_metrics(np.concatenate(ranked), examples.targets)
+  ranked = evaluation.rank_by_interests(
+      lambda batch: artifacts.user_tower.interests(raw[batch].tolist()),
+      table, examples.histories, max(evaluation.CUTOFFS))
+  return evaluation.ranking_metrics(ranked, examples.targets)

@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import gzip
 import os
+import random
 import shutil
 import time
 
@@ -207,6 +208,75 @@ def test_split_sizes(num_users):
 
 def split_users(dataset):
   return [list(getattr(dataset, name).users) for name in SPLITS]
+
+
+def reference_split(rows, threshold, seed=config.SPLIT_SEED):
+  """The user split of the reference script (ComiRec preprocess/data.py,
+  REMI process/data.py), step by step: users in a dict in order of first
+  appearance, one filter pass, `random.seed(1230)`, `random.shuffle`, cuts at
+  int(n * 0.8) and int(n * 0.9)."""
+  users = {}
+  item_count = collections.Counter()
+  for user, item, _ in rows:
+    item_count[item] += 1
+    users.setdefault(user, []).append(item)
+  kept_items = {item for item, count in item_count.items()
+                if count >= threshold}
+  user_ids = [user for user, items in users.items()
+              if sum(item in kept_items for item in items) >= threshold]
+  state = random.getstate()
+  try:
+    random.seed(seed)
+    random.shuffle(user_ids)
+  finally:
+    random.setstate(state)
+  split_1, split_2 = int(len(user_ids) * 0.8), int(len(user_ids) * 0.9)
+  return [user_ids[:split_1], user_ids[split_1:split_2], user_ids[split_2:]]
+
+
+def interleaved_rows():
+  """23 kept users whose first appearance is neither sorted nor numeric,
+  some first seen on a dropped item, and two dropped users early in the
+  file (threshold 2)."""
+  names = ["q", "b7", "a", "zz", "m1", "c", "b10", "x", "k", "b2", "f", "y",
+           "n", "e", "w", "g", "b1", "p", "d", "s", "h", "t", "j"]
+  rows = [("dropped1", "hot", 0), ("dropped2", "warm", 1)]
+  for index, name in enumerate(names):
+    first_item = "rare" if index % 3 == 0 else "hot"
+    rows.append((name, first_item + (str(index) if first_item == "rare"
+                                     else ""), 10 + index))
+  for index, name in enumerate(reversed(names)):
+    rows += [(name, "hot", 100 + index), (name, "warm", 200 + index)]
+  return names, rows
+
+
+def test_user_split_is_the_reference_scripts():
+  names, rows = interleaved_rows()
+  expected = reference_split(rows, threshold=2)
+  # The list the reference shuffles: kept users by first appearance.
+  assert sorted(sum(expected, [])) == sorted(names)
+  dataset = preprocess(make_log(rows), threshold=2)
+  assert split_users(dataset) == expected
+  assert [len(users) for users in expected] == [18, 2, 3]
+  # Users keep the shuffled order inside each split, as the reference's
+  # user ids do.
+  for name, users in zip(SPLITS, expected):
+    assert list(getattr(dataset, name).users) == users
+
+
+def test_user_split_follows_first_appearance_in_the_file():
+  names, rows = interleaved_rows()
+  base = split_users(preprocess(make_log(rows), threshold=2))
+  # Moving later rows around keeps every user's first appearance: same split.
+  head, tail = rows[:25], rows[25:]
+  assert split_users(preprocess(make_log(head + tail[::-1]), threshold=2)) \
+      == base
+  # Reversing who appears first changes the shuffled list, as in the
+  # reference: the split is a function of first-appearance order.
+  swapped = head[:2] + head[2:][::-1] + tail
+  moved = split_users(preprocess(make_log(swapped), threshold=2))
+  assert moved == reference_split(swapped, threshold=2)
+  assert moved != base
 
 
 def test_split_is_determined_by_the_seed():
@@ -429,7 +499,9 @@ def test_gowalla_slice_end_to_end(tmp_path):
       "users": 58, "items": 204, "interactions": 4756,
       "mean_sequence_length": 82.0, "train_users": 46, "valid_users": 6,
       "test_users": 6, "threshold": 10}
-  assert_matches_reference(dataset, gowalla_rows(GOWALLA_SLICE), 10)
+  rows = gowalla_rows(GOWALLA_SLICE)
+  assert_matches_reference(dataset, rows, 10)
+  assert split_users(dataset) == reference_split(rows, 10)
   assert len(dataset.item_vocab) == dataset.num_items == 204
   assert_same_dataset(dataset, load_dataset(
       "gowalla", raw_file=GOWALLA_SLICE, threshold=10,
@@ -448,4 +520,5 @@ def test_amazon_slice_as_csv_end_to_end(tmp_path):
           (line.split(",") for line in
            gzip.open(AMAZON_SLICE, "rt").read().splitlines()[1:])]
   assert_matches_reference(dataset, rows, 5)
+  assert split_users(dataset) == reference_split(rows, 5)
   assert dataset.train.lengths.min() >= 5

@@ -11,7 +11,7 @@ import numpy as np
 from remi_tf.data.protocol import ProcessedDataset, UserSequences
 
 # Bump when the protocol's output changes, so stale caches are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _SPLITS = ("train", "valid", "test")
 
 

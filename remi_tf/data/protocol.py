@@ -1,17 +1,24 @@
 """The ComiRec/REMI preprocessing protocol, exactly as the reference scripts.
 
+The reference is `preprocess/data.py` of THUDM/ComiRec and its copy
+`process/data.py` of Tokkiu/REMI (Python 3):
+
 1. Count each item's interactions (repeats included); keep items with
    count >= threshold.
 2. Keep users with >= threshold interactions on kept items (one pass each,
    in this order; not an iterated k-core).
 3. Number kept items 1..N by descending count, ties in order of first
-   appearance in the raw file; 0 is padding.
-4. Shuffle users (in order of first appearance) with a fixed seed, split
-   8:1:1 into train, validation and test; sort each user's interactions by
-   time, stably (ties keep file order).
+   appearance in the raw file (a stable sort of a dict in insertion order);
+   0 is padding.
+4. List the kept users in order of first appearance in the raw file, shuffle
+   the list with Python's `random` seeded with 1230 (`random.seed(1230)`,
+   then `random.shuffle`; nothing else draws from it before), and cut it at
+   `int(n * 0.8)` and `int(n * 0.9)` into train, validation and test. Each
+   user's interactions are sorted by time, stably (ties keep file order).
 """
 
 import dataclasses
+import random
 from typing import Dict
 
 import numpy as np
@@ -85,7 +92,7 @@ def preprocess(log: pd.DataFrame, threshold: int,
   Args:
     log: columns user, item (str) and timestamp (int), in file order.
     threshold: minimum interactions of a kept item and of a kept user.
-    seed: seed of the user shuffle.
+    seed: seed of the user shuffle (Python's `random`, as the reference).
 
   Returns:
     The processed dataset.
@@ -119,7 +126,9 @@ def preprocess(log: pd.DataFrame, threshold: int,
         f"items kept by threshold {threshold}; the 8:1:1 split needs 10. "
         "Lower --threshold or use more data")
 
-  shuffled = np.random.RandomState(seed).permutation(kept_users)
+  shuffled = kept_users.tolist()
+  random.Random(seed).shuffle(shuffled)
+  shuffled = np.asarray(shuffled, dtype=np.int64)
   first_valid = int(len(shuffled) * config.TRAIN_FRACTION)
   first_test = int(len(shuffled) *
                    (config.TRAIN_FRACTION + config.VALID_FRACTION))

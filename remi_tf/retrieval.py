@@ -19,6 +19,9 @@ def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
 
   An item's score is its best score over the interests (max over
   interests); padding (id 0), duplicates and excluded ids are dropped.
+  Memory is linear in w = K * M + E: duplicates are found as equal
+  neighbours after sorting by id, exclusions by binary search in the
+  sorted exclusion list.
 
   Args:
     ids: int [B, K, M], each interest's candidate ids.
@@ -27,8 +30,9 @@ def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
     exclude: int [B, E] ids to drop per user (0 entries ignored), or None.
 
   Returns:
-    (ids int [B, n], scores float [B, n]) best first; where fewer than n
-    items remain, the tail is id 0 with score -inf.
+    (ids int [B, n], scores float [B, n]) best first, equal scores in
+    candidate order; where fewer than n items remain, the tail is id 0 with
+    score -inf.
   """
   batch = tf.shape(ids)[0]
   flat_ids = tf.reshape(ids, [batch, -1])
@@ -36,19 +40,18 @@ def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
   order = tf.argsort(flat_scores, axis=1, direction="DESCENDING", stable=True)
   flat_ids = tf.gather(flat_ids, order, batch_dims=1)
   flat_scores = tf.gather(flat_scores, order, batch_dims=1)
-  width = tf.shape(flat_ids)[1]
-  earlier = tf.linalg.band_part(tf.ones([width, width], tf.bool), -1, 0)
-  earlier = earlier & ~tf.eye(width, dtype=tf.bool)
-  same = tf.equal(flat_ids[:, :, None], flat_ids[:, None, :])
-  dropped = tf.reduce_any(same & earlier[None], axis=2)
+  # Stable by id after by score: each id's best candidate comes first.
+  by_id = tf.argsort(flat_ids, axis=1, stable=True)
+  sorted_ids = tf.gather(flat_ids, by_id, batch_dims=1)
+  repeated = tf.pad(tf.equal(sorted_ids[:, 1:], sorted_ids[:, :-1]),
+                    [[0, 0], [1, 0]])
+  dropped = tf.gather(repeated, tf.argsort(by_id, axis=1), batch_dims=1)
   dropped |= flat_ids == NO_ITEM
   if exclude is not None:
-    exclude = tf.cast(exclude, flat_ids.dtype)
-    dropped |= tf.reduce_any(
-        tf.equal(flat_ids[:, :, None], exclude[:, None, :])
-        & (exclude[:, None, :] != NO_ITEM), axis=2)
+    dropped |= _is_member(flat_ids, tf.cast(exclude, flat_ids.dtype))
   kept_scores = tf.where(dropped, tf.constant(-float("inf"),
                                               flat_scores.dtype), flat_scores)
+  width = tf.shape(flat_ids)[1]
   top_scores, top = tf.math.top_k(kept_scores, k=tf.minimum(n, width))
   top_ids = tf.where(tf.math.is_finite(top_scores),
                      tf.gather(flat_ids, top, batch_dims=1),
@@ -58,6 +61,16 @@ def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
   top_scores = tf.pad(top_scores, [[0, 0], [0, missing]],
                       constant_values=-float("inf"))
   return top_ids, top_scores
+
+
+def _is_member(values: tf.Tensor, members: tf.Tensor) -> tf.Tensor:
+  """bool [B, W]: whether values[b, w] is in members[b] (int [B, E]), by
+  binary search, so memory is linear in W + E. NO_ITEM always counts as a
+  member, which is harmless as padding is dropped anyway."""
+  members = tf.sort(tf.pad(members, [[0, 0], [1, 0]]), axis=1)
+  position = tf.minimum(tf.searchsorted(members, values),
+                        tf.shape(members)[1] - 1)
+  return tf.equal(tf.gather(members, position, batch_dims=1), values)
 
 
 def exact_top_n(interests: tf.Tensor, item_table: tf.Tensor, n: int,

@@ -93,3 +93,56 @@ def test_merge_removes_duplicates_keeping_the_best_score():
   merged_ids, merged_scores = merge_over_interests(ids, scores, 4)
   np.testing.assert_array_equal(merged_ids.numpy(), [[5, 3, 9, 0]])
   np.testing.assert_allclose(merged_scores.numpy()[0, :3], [0.9, 0.7, 0.6])
+
+
+def _merge_reference(ids, scores, n, exclude=()):
+  """Candidates by score, best first (equal scores in candidate order); the
+  first of each id kept unless it is padding or excluded."""
+  order = np.argsort(-scores.ravel(), kind="stable")
+  kept = []
+  for position in order:
+    item = ids.ravel()[position]
+    if item and item not in exclude and item not in [k for k, _ in kept]:
+      kept.append((item, scores.ravel()[position]))
+  kept = kept[:n]
+  return ([k for k, _ in kept] + [0] * (n - len(kept)),
+          [s for _, s in kept] + [-np.inf] * (n - len(kept)))
+
+
+def test_merge_equals_a_reference_with_duplicates_ties_and_exclusions():
+  rng = np.random.default_rng(2)
+  ids = rng.integers(0, 40, size=(8, 3, 25)).astype(np.int32)
+  scores = rng.integers(0, 10, size=(8, 3, 25)).astype(np.float32)  # ties
+  exclude = _pad([list(rng.choice(40, size=e, replace=False))
+                  for e in (0, 1, 5, 12, 39, 3, 3, 7)], 40)
+  exclude[5, 1] = exclude[5, 0]  # a repeated exclusion
+  merged_ids, merged_scores = merge_over_interests(
+      tf.constant(ids), tf.constant(scores), 30, tf.constant(exclude))
+  for user in range(8):
+    expected_ids, expected_scores = _merge_reference(
+        ids[user], scores[user], 30, set(exclude[user]) - {0})
+    np.testing.assert_array_equal(merged_ids[user].numpy(), expected_ids)
+    np.testing.assert_array_equal(merged_scores[user].numpy(),
+                                  expected_scores)
+
+
+def test_merge_memory_is_linear_in_the_candidates():
+  # 4 interests x 60k candidates and 60k exclusions: a [w, w] or [w, E]
+  # comparison would need tens of GB; sorting needs a few MB.
+  rng = np.random.default_rng(3)
+  ids = rng.integers(1, 100_000, size=(1, 4, 60_000)).astype(np.int32)
+  scores = rng.normal(size=(1, 4, 60_000)).astype(np.float32)
+  exclude = rng.integers(1, 100_000, size=(1, 60_000)).astype(np.int32)
+  merged_ids, merged_scores = merge_over_interests(
+      tf.constant(ids), tf.constant(scores), 50, tf.constant(exclude))
+  best = {}
+  for item, score in zip(ids.ravel(), scores.ravel()):
+    if item not in best or score > best[item]:
+      best[item] = score
+  excluded = set(exclude.ravel())
+  expected = sorted(((s, i) for i, s in best.items() if i not in excluded),
+                    reverse=True)[:50]
+  np.testing.assert_array_equal(merged_ids.numpy()[0],
+                                [i for _, i in expected])
+  np.testing.assert_array_equal(merged_scores.numpy()[0],
+                                [s for s, _ in expected])

@@ -115,8 +115,10 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
                 learning_rate: float, seed: int,
                 optimizer: str = "lazy-adam") -> RetrievalModel:
   """The compiled training model for a dataset and configuration."""
-  tower = build_user_tower(model_config, dataset.num_items,
-                           dataset.item_counts)
+  # Pop ranks by the training users' items only, as the reference.
+  item_ranking = (dataset.train.items_by_popularity(dataset.num_items)
+                  if model_config.model == "pop" else None)
+  tower = build_user_tower(model_config, dataset.num_items, item_ranking)
   sampler = make_sampler(model_config.sampler, dataset.num_items,
                          min(model_config.negatives, dataset.num_items), seed)
   model = RetrievalModel(tower, sampler, model_config.beta,

@@ -298,6 +298,28 @@ def test_split_is_determined_by_the_seed():
   assert list(other.item_vocab) == list(default.item_vocab)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_item_counts_and_popularity_order(seed):
+  rows = random_rows(seed, num_items=60)
+  held_out = str(preprocess(make_log(rows), threshold=3).test.users[0])
+  rows += [(held_out, "unseen in training", 10 + index) for index in range(3)]
+  dataset = preprocess(make_log(rows), threshold=3)
+  sequences = decoded(dataset)
+  counts = collections.Counter()  # insertion order: first occurrence
+  for user in dataset.train.users:
+    counts.update(sequences[str(user)])
+  vocab = list(dataset.item_vocab)
+  train_counts = dataset.train.item_counts(dataset.num_items)
+  assert train_counts.dtype == np.int64
+  assert list(train_counts) == [0] + [counts[item] for item in vocab]
+  assert np.all(train_counts <= dataset.item_counts)
+  ranking = dataset.train.items_by_popularity(dataset.num_items)
+  absent = [item for item in vocab if item not in counts]
+  assert [vocab[i - 1] for i in ranking] == sorted(
+      counts, key=counts.get, reverse=True) + absent
+  assert "unseen in training" in absent
+
+
 def test_threshold_removing_every_item_names_it():
   # Ten users with 4 interactions each; each item has 10.
   rows = [(f"u{index % 10}", f"i{index % 4}", index) for index in range(40)]

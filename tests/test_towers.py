@@ -1,13 +1,17 @@
 """Each tower: shapes, padding invariance, K = 1; the routing encoders'
-pieces."""
+pieces against the reference's; Pop on the training split."""
+
+import collections
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
-from remi_tf import config
-from remi_tf.models import build_user_tower
-from remi_tf.models.capsule import squash
+from remi_tf import config, training
+from remi_tf.data import preprocess
+from remi_tf.models import build_user_tower, capsule
+from remi_tf.models.capsule import routing_weights, squash
 from remi_tf.models.self_attentive import masked_softmax
 
 NUM_ITEMS, SEQ_LEN, DIM = 50, 8, 16
@@ -19,8 +23,7 @@ def _tower(model, interests=3):
   tf.keras.utils.set_random_seed(0)
   return build_user_tower(
       config.ModelConfig(model=model, interests=interests, embedding_dim=DIM,
-                         seq_len=SEQ_LEN), NUM_ITEMS,
-      item_counts=np.arange(NUM_ITEMS + 1))
+                         seq_len=SEQ_LEN), NUM_ITEMS)
 
 
 def _histories():
@@ -39,12 +42,17 @@ def test_shapes(model):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_routing_is_zero_on_padding_and_sums_to_one(model):
+def test_routing_is_zero_on_padding(model):
   routing = _tower(model)(_histories())["routing"].numpy()
   assert np.all(routing[0, :, 3:] == 0)
   assert np.all(routing[2, :, 1:] == 0)
-  if model in ("comirec-sa", "comirec-dr", "mind", "youtube-dnn"):
+  if model in ("comirec-sa", "youtube-dnn"):
     np.testing.assert_allclose(routing.sum(-1), 1.0, rtol=1e-5)
+  if model in ("comirec-dr", "mind"):
+    # Softmax over all n positions, padding zeroed without renormalising:
+    # full histories sum to 1, padded ones to less.
+    np.testing.assert_allclose(routing[1].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(routing[[0, 2]].sum(-1) < 0.9)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -98,19 +106,125 @@ def test_position_embeddings_enter_routing_only():
                              tf.matmul(coefficients, embedded), atol=1e-5)
 
 
-def test_mind_is_deterministic_between_calls():
-  tower = _tower("mind")
-  a = tower(_histories())["interests"].numpy()
-  b = tower(_histories())["interests"].numpy()
-  np.testing.assert_array_equal(a, b)
+def test_capsule_routing_weights_are_the_references():
+  # 5 real items of 20 with equal logits: 1/20 each, not 1/5.
+  mask = tf.constant([[1.0] * 5 + [0.0] * 15])
+  weights = routing_weights(tf.zeros([1, 20]), mask).numpy()
+  np.testing.assert_allclose(weights[0, :5], 0.05, rtol=1e-6)
+  assert np.all(weights[0, 5:] == 0.0)
+  np.testing.assert_allclose(weights.sum(), 0.25, rtol=1e-6)
 
 
-def test_pop_ranks_by_count():
+def test_first_routing_step_squashes_one_nth_of_each_prediction():
+  tf.keras.utils.set_random_seed(0)
+  layer = capsule.DynamicRouting(capsule.PerPositionBilinear(2, 20), 2, 20,
+                                 iterations=1)
+  mask = tf.constant([[1.0] * 5 + [0.0] * 15])
+  history = tf.random.normal([1, 20, DIM]) * mask[..., None]
+  interests, routing = layer(history, mask)
+  predictions = layer.predictor(history)
+  np.testing.assert_allclose(routing.numpy()[0, :, :5], 0.05, rtol=1e-6)
+  assert np.all(routing.numpy()[0, :, 5:] == 0.0)
+  expected = squash(0.05 * tf.reduce_sum(predictions[:, :, :5], axis=2))
+  np.testing.assert_allclose(interests.numpy(), expected.numpy(), rtol=1e-5,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize("model", ["comirec-dr", "mind"])
+def test_capsule_routing_keeps_its_gradient(model):
+  # REMI's routing regularizer trains the predictions through the routing.
+  tower = _tower(model)
+  with tf.GradientTape() as tape:
+    routing = tower(_histories())["routing"]
+    penalty = tf.reduce_sum(tf.square(routing))
+  predictor = tower.encoder.predictor.trainable_variables
+  gradients = tape.gradient(penalty, predictor)
+  assert predictor and all(g is not None and np.any(g.numpy() != 0)
+                           for g in gradients)
+
+
+def _mean_interest_cosine(tower, histories):
+  interests = tower(histories)["interests"].numpy()
+  unit = interests / np.linalg.norm(interests, axis=-1, keepdims=True)
+  cosines = np.einsum("bkd,bjd->bkj", unit, unit)
+  upper = np.triu_indices(interests.shape[1], 1)
+  return cosines[:, upper[0], upper[1]].mean()
+
+
+def test_mind_interests_start_apart_and_deterministic():
+  tf.keras.utils.set_random_seed(0)
+  seq_len = 20
+  tower = build_user_tower(config.ModelConfig(
+      model="mind", interests=4, embedding_dim=64, seq_len=seq_len), 1000)
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(5, seq_len + 1, size=256)
+  histories = rng.integers(1, 1001, size=(256, seq_len))
+  histories[np.arange(seq_len)[None] >= lengths[:, None]] = 0
+  histories = tf.constant(histories, tf.int32)
+
+  initial = tower.encoder.initial_logits
+  assert abs(np.std(initial.numpy()) - 1.0) < 0.25
+  assert not initial.trainable
+  spread = _mean_interest_cosine(tower, histories)
+  np.testing.assert_array_equal(tower(histories)["interests"].numpy(),
+                                tower(histories)["interests"].numpy())
+  initial.assign(initial * 0.05)  # the std the interests used to start from
+  collapsed = _mean_interest_cosine(tower, histories)
+  assert spread < 0.8 and collapsed > 0.95, (spread, collapsed)
+
+
+def test_pop_ranks_by_the_given_ranking():
   tower = build_user_tower(config.ModelConfig(model="pop", seq_len=SEQ_LEN),
-                           5, item_counts=np.array([0, 3, 9, 1, 5, 2]))
+                           5, np.array([2, 4, 1, 5, 3]))
   interests = tower(_histories())["interests"]
   scores = tf.einsum("bkd,nd->bkn", interests, tower.item_table())[0, 0]
   assert list(np.argsort(-scores.numpy()[1:]) + 1) == [2, 4, 1, 5, 3]
+  with pytest.raises(ValueError, match="needs"):
+    build_user_tower(config.ModelConfig(model="pop"), 5)
+  with pytest.raises(ValueError, match="each item id"):
+    build_user_tower(config.ModelConfig(model="pop"), 5, np.array([1, 1, 2]))
+
+
+def _log(rows):
+  users, items, stamps = zip(*rows)
+  return pd.DataFrame({"user": list(users), "item": list(items),
+                       "timestamp": np.array(stamps, dtype=np.int64)})
+
+
+def test_pop_counts_the_training_users_only():
+  # 20 users (split 16/2/2); every user sees "a", users see "c0".."c3".
+  rows = [(f"u{i}", "a", i) for i in range(20)]
+  rows += [(f"u{i}", f"c{i % 4}", 100 + i) for i in range(20)]
+  split = preprocess(_log(rows), threshold=1)
+  train, held_out = list(split.train.users), (list(split.valid.users) +
+                                              list(split.test.users))
+  # "hot" is the log's most frequent item, seen by held-out users only.
+  rows += [(user, "hot", 200 + j) for user in held_out for j in range(6)]
+  # "t1" and "t2" tie among training users, t1 first in the training split;
+  # held-out users make t2 more frequent in the log (a lower id).
+  rows += [(train[0], "t1", 300), (train[1], "t1", 301),
+           (train[2], "t2", 302), (train[3], "t2", 303)]
+  rows += [(user, "t2", 304) for user in held_out]
+  dataset = preprocess(_log(rows), threshold=1)
+  assert list(dataset.train.users) == train  # same split as before
+  assert dataset.item_vocab[0] == "hot"
+  assert list(dataset.item_vocab).index("t2") < list(
+      dataset.item_vocab).index("t1")
+
+  model = training.build_model(dataset, config.ModelConfig(
+      model="pop", seq_len=SEQ_LEN), learning_rate=1e-3, seed=0)
+  scores = model.tower.item_table().numpy()[1:, 0]
+  ranked = [str(dataset.item_vocab[i]) for i in np.argsort(-scores)]
+  # ComiRec's Pop (src/mostpop.py): counts over the training file, a stable
+  # sort by count of the items in order of first occurrence there.
+  counts = collections.Counter()
+  for user in range(split.train.num_users):
+    for item in dataset.train.sequence(user):
+      counts[str(dataset.item_vocab[item - 1])] += 1
+  expected = sorted(counts, key=counts.get, reverse=True)
+  assert ranked[:len(expected)] == expected
+  assert ranked[0] == "a" and ranked[-1] == "hot"
+  assert ranked.index("t1") < ranked.index("t2")
 
 
 def test_unknown_model_lists_choices():

@@ -59,6 +59,24 @@ class UserSequences:
     """The item ids of one user, oldest first."""
     return self.items[self.offsets[user]:self.offsets[user + 1]]
 
+  def item_counts(self, num_items: int) -> np.ndarray:
+    """int64 [num_items + 1]: occurrences of each item id in these
+    sequences, repeats included (0 for padding)."""
+    return np.bincount(self.items, minlength=num_items + 1).astype(np.int64)
+
+  def items_by_popularity(self, num_items: int) -> np.ndarray:
+    """int64 [num_items]: the ids 1..N by descending `item_counts`.
+
+    Ties in order of first occurrence (users in split order, each oldest
+    first), as ComiRec's Pop (`src/mostpop.py`) counts its training file;
+    items absent here last, by id.
+    """
+    counts = self.item_counts(num_items)
+    first = np.full(num_items + 1, len(self.items), dtype=np.int64)
+    seen, first_index = np.unique(self.items, return_index=True)
+    first[seen] = first_index
+    return np.lexsort((first[1:], -counts[1:])).astype(np.int64) + 1
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedDataset:
@@ -67,7 +85,9 @@ class ProcessedDataset:
   Attributes:
     item_vocab: str [N]; the raw id of item id i is `item_vocab[i - 1]`.
     item_counts: int64 [N + 1]; raw interaction count of each item id
-      (0 for padding), the popularity that ordered the ids.
+      (0 for padding), the popularity that ordered the ids. It counts the
+      validation and test users too: a popularity model ranks by
+      `train.items_by_popularity` instead.
     train, valid, test: the user splits.
     stats: users, items, interactions, mean sequence length, split sizes.
   """

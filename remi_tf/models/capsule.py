@@ -1,15 +1,37 @@
 """Dynamic-routing encoders: ComiRec-DR and MIND.
 
 Both map each history item to a prediction per interest (u_hat), then route
-for a fixed number of iterations: routing weights are a masked softmax over
-positions of the routing logits b (as in the REMI reference code),
-interests are squash(weights . u_hat), and b grows by u_hat . interest.
-Earlier iterations see u_hat without gradient; the last one with it.
+for a fixed number of iterations, as `CapsuleNetwork` in the REMI reference
+code (Tokkiu/REMI, src/BasicModel.py): routing weights are the softmax of the
+routing logits b over all n positions, with padding then set to 0 and NOT
+renormalised (a user with 5 of 20 positions starts at 0.05 per item, sum
+0.25); interests are squash(weights . u_hat), and b grows by
+u_hat . interest. Earlier iterations see u_hat without gradient; the last one
+with it, its weights without. The routing returned for REMI's regularizer
+keeps the gradient that b's updates carry from u_hat.
+
+Where the two reference codes differ, REMI's is followed: ComiRec's
+TensorFlow `CapsuleNetwork` (THUDM/ComiRec, src/model.py) takes that softmax
+over the interests and draws MIND's initial logits from a truncated normal.
+Not reproduced: the ReLU projection both add to MIND's interests (REMI on
+its book dataset only).
 """
 
 import tensorflow as tf
 
-from remi_tf.models.self_attentive import masked_softmax
+
+def routing_weights(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+  """Softmax over all positions, then padding zeroed (the reference's).
+
+  Args:
+    logits: float [..., n], the routing logits b.
+    mask: float [..., n] (broadcastable), 1 for real positions.
+
+  Returns:
+    float [..., n]; padding exactly 0, real positions keep their share of
+    the softmax over all n, so a row sums to at most 1.
+  """
+  return tf.nn.softmax(logits, axis=-1) * tf.cast(mask > 0, logits.dtype)
 
 
 def squash(vectors: tf.Tensor) -> tf.Tensor:
@@ -70,9 +92,13 @@ class DynamicRouting(tf.keras.layers.Layer):
     num_interests: K.
     seq_len: n.
     iterations: routing iterations (3).
-    random_init: MIND starts the routing logits from a Gaussian draw, which
-      breaks the symmetry of its identical predictions. The draw is made once
-      and kept as a fixed weight, so a trained model answers deterministically.
+    random_init: MIND starts the routing logits from N(0, 1), as the
+      reference (`torch.randn`); that draw is all that separates its
+      interests, whose predictions are identical (from std 0.05 they start
+      with a mean cosine near 1). The reference draws afresh for every user
+      of every batch; here one draw [K, n] is made at build time and stored
+      with the weights (not trained), so that the same history always gets
+      the same interests, in training, evaluation and serving alike.
   """
 
   def __init__(self, predictor: tf.keras.layers.Layer, num_interests: int,
@@ -89,21 +115,23 @@ class DynamicRouting(tf.keras.layers.Layer):
     self.initial_logits = self.add_weight(
         name="initial_routing_logits",
         shape=(self.num_interests, self.seq_len), trainable=False,
-        initializer="random_normal" if self.random_init else "zeros")
+        initializer=(tf.keras.initializers.RandomNormal(stddev=1.0)
+                     if self.random_init else "zeros"))
     super().build(input_shape)
 
   def call(self, history: tf.Tensor, mask: tf.Tensor):
     """history float [B, n, d], mask float [B, n].
 
     Returns:
-      interests float [B, K, d], routing float [B, K, n].
+      interests float [B, K, d], routing float [B, K, n] (the last
+      iteration's weights; rows sum to at most 1).
     """
     predictions = self.predictor(history)
     frozen = tf.stop_gradient(predictions)
     logits = tf.tile(self.initial_logits[None], [tf.shape(history)[0], 1, 1])
     mask = mask[:, None, :]
     for iteration in range(self.iterations):
-      routing = masked_softmax(logits, mask)
+      routing = routing_weights(logits, mask)
       if iteration == self.iterations - 1:
         interests = squash(tf.einsum("bkn,bknd->bkd",
                                      tf.stop_gradient(routing), predictions))

@@ -1,6 +1,6 @@
 """The Pop baseline in the tower interface: one constant interest whose dot
-product with an item's one-dimensional "embedding", its log popularity, ranks
-the most popular items first for every user."""
+product with an item's one-dimensional "embedding", its reversed popularity
+rank, ranks the most popular items first for every user."""
 
 import numpy as np
 import tensorflow as tf
@@ -10,15 +10,24 @@ class PopularityTower(tf.keras.Model):
   """Recommends the most popular items, whatever the history.
 
   Args:
-    item_counts: int [N + 1], interaction counts by item id (0 = padding).
+    item_ranking: int [N], the item ids 1..N, most popular first (the
+      training split's, e.g. `UserSequences.items_by_popularity`). Scores
+      are ranks rather than counts so that ties in count keep this order
+      instead of falling back on item ids, which are ordered by counts over
+      the whole log, test users included.
   """
 
-  def __init__(self, item_counts: np.ndarray, **kwargs):
+  def __init__(self, item_ranking: np.ndarray, **kwargs):
     super().__init__(**kwargs)
+    item_ranking = np.asarray(item_ranking)
+    num_items = len(item_ranking)
+    if not np.array_equal(np.sort(item_ranking), np.arange(1, num_items + 1)):
+      raise ValueError("item_ranking must hold each item id 1..N once")
+    scores = np.zeros([num_items + 1, 1], np.float32)
+    scores[item_ranking, 0] = np.arange(num_items, 0, -1)
     self.item_embedding = tf.keras.layers.Embedding(
-        len(item_counts), 1, trainable=False, name="item_embeddings",
-        embeddings_initializer=tf.keras.initializers.Constant(
-            np.log1p(np.asarray(item_counts, np.float32))[:, None]))
+        num_items + 1, 1, trainable=False, name="item_embeddings",
+        embeddings_initializer=tf.keras.initializers.Constant(scores))
     self.item_embedding.build(None)
 
   def call(self, history: tf.Tensor, training=False):
@@ -29,5 +38,6 @@ class PopularityTower(tf.keras.Model):
             "routing": weights[:, None, :]}
 
   def item_table(self) -> tf.Tensor:
-    """float [N + 1, 1], log(1 + count) of each item id."""
+    """float [N + 1, 1]: N for the most popular item down to 1; 0 for
+    padding."""
     return self.item_embedding.embeddings

@@ -57,23 +57,24 @@ class UserTower(tf.keras.Model):
 
 
 def build_user_tower(model_config: config.ModelConfig, num_items: int,
-                     item_counts: Optional[np.ndarray] = None
+                     item_ranking: Optional[np.ndarray] = None
                      ) -> tf.keras.Model:
   """The tower named by `model_config.model`.
 
   Args:
     model_config: model name, K, d and n.
     num_items: N.
-    item_counts: int [N + 1] popularity, needed by "pop" only.
+    item_ranking: int [N], item ids most popular first in the training
+      split (`UserSequences.items_by_popularity`); needed by "pop" only.
 
   Returns:
     A built Keras model with `call(history)` and `item_table()`.
   """
   name, k, n = model_config.model, model_config.interests, model_config.seq_len
   if name == "pop":
-    if item_counts is None:
-      raise ValueError("the pop model needs the item counts")
-    tower = popularity.PopularityTower(item_counts, name="pop")
+    if item_ranking is None:
+      raise ValueError("the pop model needs the items' popularity ranking")
+    tower = popularity.PopularityTower(item_ranking, name="pop")
   else:
     encoders = {
         "comirec-sa": lambda: self_attentive.ComiRecSA(k, n, name="comirec_sa"),

@@ -1,5 +1,6 @@
 """The loss against its references: tf.nn.sampled_softmax_loss, a NumPy
-Algorithm 1, and a NumPy routing regularizer."""
+Algorithm 1, and a NumPy routing regularizer; the stateless negative
+sampler against TF's candidate samplers."""
 
 import numpy as np
 import pytest
@@ -63,6 +64,95 @@ def test_beta_zero_equals_tf_sampled_softmax(distribution):
       sampled_values=sampled_values, remove_accidental_hits=True))
   ours, _, _ = _our_loss(table, queries, positives, sampled_values, 0.0)
   np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
+
+
+TF_SAMPLERS = {"uniform": tf.random.uniform_candidate_sampler,
+               "log-uniform": tf.random.log_uniform_candidate_sampler}
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "log-uniform"])
+def test_sampler_draws_distinct_negatives_of_the_catalog(distribution):
+  _, _, positives = _problem(0)
+  sampler = sampling.CandidateSampler(NUM_ITEMS, NEGATIVES, distribution,
+                                      seed=1)
+  for _ in range(3):
+    sampled, true_expected, sampled_expected = sampler.sample(positives)
+    assert sampled.shape == sampled_expected.shape == [NEGATIVES]
+    assert true_expected.shape == [BATCH, 1]
+    assert len(set(sampled.numpy())) == NEGATIVES
+    assert sampled.numpy().min() >= 0 and sampled.numpy().max() < NUM_ITEMS
+  everything = sampling.CandidateSampler(NUM_ITEMS, NUM_ITEMS, distribution)
+  np.testing.assert_array_equal(np.sort(everything.sample(positives)[0]),
+                                np.arange(NUM_ITEMS))
+
+
+def test_sampler_draws_depend_only_on_seed_and_draw_count(tmp_path):
+  _, _, positives = _problem(0)
+  sampler = sampling.CandidateSampler(NUM_ITEMS, NEGATIVES, "log-uniform",
+                                      seed=7)
+  first = sampler.sample(positives)[0].numpy()
+  saved = tf.train.Checkpoint(sampler=sampler).save(str(tmp_path / "ckpt"))
+  following = [sampler.sample(positives)[0].numpy() for _ in range(2)]
+  assert not np.array_equal(first, following[0])
+
+  # A new process: the same seed draws the same sequence, and a restored
+  # sampler continues where the saved one stood.
+  fresh = sampling.CandidateSampler(NUM_ITEMS, NEGATIVES, "log-uniform",
+                                    seed=7)
+  np.testing.assert_array_equal(fresh.sample(positives)[0], first)
+  restored = sampling.CandidateSampler(NUM_ITEMS, NEGATIVES, "log-uniform",
+                                       seed=7)
+  tf.train.Checkpoint(sampler=restored).restore(saved)
+  for expected in following:
+    np.testing.assert_array_equal(restored.sample(positives)[0], expected)
+  other_seed = sampling.CandidateSampler(NUM_ITEMS, NEGATIVES, "log-uniform",
+                                         seed=8)
+  assert not np.array_equal(other_seed.sample(positives)[0], first)
+
+
+def _inclusion_statistics(sample, num_items, draws):
+  """Over `draws` draws of `sample` (TF's sampled_values triple, every item
+  a positive): how often each class was drawn, and its mean expected count.
+  """
+  everything = tf.range(1, num_items + 1)
+
+  @tf.function
+  def run():
+    included = tf.zeros([num_items], tf.float64)
+    expected = tf.zeros([num_items], tf.float64)
+    for _ in tf.range(draws):
+      sampled, true_expected, _ = sample(everything)
+      included = tf.tensor_scatter_nd_add(
+          included, sampled[:, None], tf.ones_like(sampled, tf.float64))
+      expected += tf.cast(true_expected[:, 0], tf.float64)
+    return included / draws, expected / draws
+
+  return [statistic.numpy() for statistic in run()]
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "log-uniform"])
+def test_sampler_statistics_match_tf_candidate_samplers(distribution):
+  num_items, num_negatives, draws = 50, 10, 4000
+  ours = _inclusion_statistics(
+      sampling.CandidateSampler(num_items, num_negatives, distribution,
+                                seed=3).sample, num_items, draws)
+  theirs = _inclusion_statistics(
+      lambda ids: TF_SAMPLERS[distribution](
+          tf.cast(ids[:, None] - 1, tf.int64), 1, num_negatives, True,
+          num_items, seed=5), num_items, draws)
+  (frequency, expected), (tf_frequency, tf_expected) = ours, theirs
+  # Each class is drawn as often as by TF's sampler (4000 draws: a
+  # frequency's standard error is below 0.01) ...
+  np.testing.assert_allclose(frequency, tf_frequency, atol=0.05)
+  # ... with the same expected counts ...
+  np.testing.assert_allclose(expected, tf_expected, atol=0.02)
+  # ... which are its inclusion frequencies as closely as TF's are (TF's
+  # formula assumes a fixed number of tries: exact for uniform, about 0.1
+  # off for log-uniform at this size).
+  np.testing.assert_allclose(frequency - expected, tf_frequency - tf_expected,
+                             atol=0.05)
+  if distribution == "uniform":
+    np.testing.assert_allclose(frequency, expected, atol=0.05)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.1, 1.0, 4.0, 10.0])

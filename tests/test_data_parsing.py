@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from remi_tf.data import DATASETS, RawFormatError, load_dataset, registry
+from remi_tf import config
+from remi_tf.data import (DATASETS, RawFormatError, books_sample,
+                          load_dataset, registry)
 
 RAW = os.path.join(FIXTURES, "raw")
 
@@ -40,8 +42,24 @@ def rows(log):
 
 def test_registry_knows_every_dataset():
   assert set(DATASETS) == {"gowalla", "retailrocket", "amazon-books",
-                           "movielens-1m", "csv"}
+                           "movielens-1m", "books-sample", "csv"}
   assert set(DATASETS) == set(registry.SOURCES)
+  assert set(DATASETS) == set(config.DATASET_DEFAULTS)
+
+
+def test_books_sample_ships_with_the_package(tmp_path):
+  path = registry.source("books-sample").packaged
+  assert path == books_sample.PATH
+  assert os.path.isfile(path) and os.path.getsize(path) < 1_000_000
+  # No raw file given, nothing downloaded: the packaged file, as documented
+  # in remi_tf/data/samples/README.md.
+  dataset = load_dataset("books-sample", cache_dir=str(tmp_path))
+  assert dataset.stats == {
+      "users": 10608, "items": 13260, "interactions": 136265,
+      "mean_sequence_length": pytest.approx(12.845, abs=1e-3),
+      "train_users": 8486, "valid_users": 1061, "test_users": 1061,
+      "threshold": 5}
+  assert os.listdir(tmp_path) == ["preprocessed"]
 
 
 @pytest.mark.parametrize("name", ["netflix", "Gowalla", ""])

@@ -31,7 +31,8 @@ def load_dataset(name: str, raw_file: Optional[str] = None,
 
   Args:
     name: one of `DATASETS`.
-    raw_file: a local copy of the raw file; downloaded when None.
+    raw_file: a local copy of the raw file; when None, the copy shipped
+      with the package (books-sample) or else a download.
     threshold: item/user filter threshold (default: the dataset's).
     seed: seed of the user split.
     cache_dir: where downloads and preprocessed data are kept (default
@@ -45,7 +46,8 @@ def load_dataset(name: str, raw_file: Optional[str] = None,
     threshold = config.DATASET_DEFAULTS[name].threshold
   home = download.cache_home(cache_dir)
   if raw_file is None:
-    raw_file = download.fetch(name, spec, os.path.join(home, "downloads"))
+    raw_file = spec.packaged or download.fetch(
+        name, spec, os.path.join(home, "downloads"))
   elif not os.path.isfile(raw_file):
     raise FileNotFoundError(f"--raw-file {raw_file}: no such file")
   key = cache.cache_key(raw_file, dataset=name, threshold=threshold, seed=seed)

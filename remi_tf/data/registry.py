@@ -5,7 +5,8 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from remi_tf.data import amazon_books, csv_log, gowalla, movielens, retailrocket
+from remi_tf.data import (amazon_books, books_sample, csv_log, gowalla,
+                          movielens, retailrocket)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,12 +18,15 @@ class DatasetSource:
     url: the canonical file, or None where there is none to download.
     archive_member: the raw file inside a downloaded archive, if any.
     manual: where a download needs a login, what the user must do instead.
+    packaged: the raw file shipped inside the package, used in place (no
+      download), if any.
   """
 
   read: Callable[[str], pd.DataFrame]
   url: Optional[str]
   archive_member: Optional[str] = None
   manual: Optional[str] = None
+  packaged: Optional[str] = None
 
 
 SOURCES = {
@@ -34,6 +38,8 @@ SOURCES = {
     "amazon-books": DatasetSource(amazon_books.read, amazon_books.URL),
     "movielens-1m": DatasetSource(movielens.read, movielens.URL,
                                   archive_member=movielens.MEMBER),
+    "books-sample": DatasetSource(csv_log.read, None,
+                                  packaged=books_sample.PATH),
     "csv": DatasetSource(csv_log.read, None,
                          manual="the csv dataset is your own file"),
 }

@@ -154,7 +154,29 @@ def test_fresh_download_dir_is_left_empty(tmp_path):
   directory = str(tmp_path / "new" / "downloads")
   with pytest.raises(download.DownloadError):
     download.fetch("gowalla", gowalla_source(UNREACHABLE), directory)
-  assert listing(directory) == {}
+  assert os.listdir(tmp_path) == []
+
+
+def test_failed_transfer_removes_folders_it_created(server, tmp_path):
+  directory = str(tmp_path / "new" / "downloads")
+  with pytest.raises(download.DownloadError):
+    download.fetch("gowalla", gowalla_source(server.url + "/truncated.txt.gz"),
+                   directory)
+  assert server.requests == ["/truncated.txt.gz"]
+  assert os.listdir(tmp_path) == []
+
+
+def test_run_that_cannot_download_writes_nothing(server, tmp_path,
+                                                 monkeypatch):
+  from remi_tf import runs  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(registry.SOURCES, "gowalla", gowalla_source(
+      server.url + "/truncated.txt.gz"))
+  run_config = runs.resolve_config("gowalla", max_steps=10)
+  run_dir, home = tmp_path / "run", tmp_path / "home"
+  with pytest.raises(download.DownloadError):
+    runs.train_run(run_config, str(run_dir), str(tmp_path / "export"),
+                   cache_dir=str(home))
+  assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("name", ["retailrocket", "csv"])
@@ -223,8 +245,6 @@ def test_cache_home(monkeypatch, tmp_path):
   monkeypatch.setenv("REMI_TF_HOME", str(tmp_path / "env"))
   assert download.cache_home() == str(tmp_path / "env")
   assert download.cache_home(str(tmp_path / "flag")) == str(tmp_path / "flag")
-  assert download.default_download_dir() == os.path.join(
-      str(tmp_path / "env"), "downloads")
   monkeypatch.delenv("REMI_TF_HOME")
   monkeypatch.setenv("HOME", str(tmp_path / "user"))
   assert download.cache_home() == os.path.join(

@@ -27,7 +27,8 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
 
   Raises:
     DownloadError: offline, or no URL for this dataset. The message names the
-      URL and the `--raw-file` flag; nothing half-written is left behind.
+      URL and the `--raw-file` flag; nothing half-written is left behind, nor
+      any folder this call created (such as a new cache's).
   """
   if spec.url is None:
     raise DownloadError(f"{name}: {spec.manual}, then pass it with "
@@ -42,12 +43,13 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
         "--raw-file PATH")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  created = _missing_folders(download_dir)
   os.makedirs(download_dir, exist_ok=True)
   before = set(os.listdir(download_dir))
-  manager = tfds.download.DownloadManager(
-      download_dir=download_dir, register_checksums=False,
-      force_checksums_validation=False)
   try:
+    manager = tfds.download.DownloadManager(
+        download_dir=download_dir, register_checksums=False,
+        force_checksums_validation=False)
     if spec.archive_member:
       path = os.path.join(manager.download_and_extract(spec.url),
                           spec.archive_member)
@@ -55,6 +57,7 @@ def fetch(name: str, spec: DatasetSource, download_dir: str) -> str:
       path = manager.download(spec.url)
   except BaseException as error:  # tfds wraps network errors in many types
     _remove_new_entries(download_dir, before)
+    _remove_empty_folders(created)
     if not isinstance(error, Exception):  # Ctrl-C: cleaned up, re-raised
       raise
     raise DownloadError(
@@ -75,6 +78,17 @@ def _unreachable(url: str, timeout: float = 10.0) -> Optional[str]:
   return None
 
 
+def _missing_folders(directory: str) -> list:
+  """`directory` and those of its parents that do not exist yet, deepest
+  first: what `os.makedirs(directory)` will create."""
+  missing = []
+  directory = os.path.abspath(directory)
+  while not os.path.exists(directory):
+    missing.append(directory)
+    directory = os.path.dirname(directory)
+  return missing
+
+
 def _remove_new_entries(directory: str, before: set) -> None:
   for entry in set(os.listdir(directory)) - before:
     target = os.path.join(directory, entry)
@@ -84,9 +98,13 @@ def _remove_new_entries(directory: str, before: set) -> None:
       os.remove(target)
 
 
-def default_download_dir() -> str:
-  """`$REMI_TF_HOME/downloads`, by default under `~/.cache/remi-tf`."""
-  return os.path.join(cache_home(), "downloads")
+def _remove_empty_folders(folders: list) -> None:
+  """Removes each folder, in order, unless something else now holds it."""
+  for folder in folders:
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return
 
 
 def cache_home(override: Optional[str] = None) -> str:

@@ -1,0 +1,131 @@
+"""Command-line plumbing shared by the pipelines: how much TensorFlow logs,
+and what to run after training.
+
+TensorFlow's C++ code writes to stderr through two loggers: its own, whose
+threshold `TF_CPP_MIN_LOG_LEVEL` is read once, when TensorFlow loads, and
+Abseil's (e.g. Grappler's "Error in PredictCost()" warnings), which ignores
+that variable (tensorflow/tensorflow#100442). On a CPU-only machine a plain
+run prints a CUDA `cuInit` error and such warnings before its answer. So
+`import remi_tf` defaults the variable to 3 (fatal only; a value the user set
+is kept), and `configure_logging` -- which each pipeline calls before
+anything imports TensorFlow -- applies the same threshold to Abseil's logger
+and quiets TensorFlow's Python-side warnings, or, given `--verbose`, shows
+everything.
+"""
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import shlex
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from remi_tf import layout
+
+VERBOSE_HELP = ("show TensorFlow's log messages (C++ and Python), hidden by "
+                "default")
+# absl::SetMinLogLevel(absl::LogSeverityAtLeast) of the Abseil release built
+# into TensorFlow 2.20's libtensorflow_framework; its severities 0..3 (info,
+# warning, error, fatal) are TF_CPP_MIN_LOG_LEVEL's.
+_ABSL_SET_MIN_LOG_LEVEL = (
+    "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+  """Adds `--verbose` (read earlier by `configure_logging`) to a parser, so
+  that it is accepted and listed in `--help`."""
+  parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+
+
+def configure_logging(argv: Optional[Sequence[str]] = None) -> bool:
+  """Sets TensorFlow's logging for a command-line run, then loads it.
+
+  Call before anything imports TensorFlow (a threshold set later has no
+  effect on its C++ logger). Quiet (the default): the C++ loggers keep
+  `TF_CPP_MIN_LOG_LEVEL` (3, fatal only, unless the user set it), and
+  Python-side TensorFlow and absl warnings are hidden, errors kept.
+  `--verbose` in `argv`: everything, `TF_CPP_MIN_LOG_LEVEL=0`.
+
+  Args:
+    argv: the command line (default `sys.argv[1:]`); only `--verbose` is
+      read here.
+
+  Returns:
+    Whether `--verbose` was given.
+  """
+  early = argparse.ArgumentParser(add_help=False)
+  early.add_argument("--verbose", action="store_true")
+  verbose = early.parse_known_args(
+      sys.argv[1:] if argv is None else list(argv))[0].verbose
+  if verbose:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  # Configured before TensorFlow's logger exists, so it adds no handler of
+  # its own and nothing is printed twice.
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  if not verbose:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _set_abseil_threshold(os.path.dirname(tf.__file__),
+                        os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+  return verbose
+
+
+def _set_abseil_threshold(tensorflow_dir: str, level: str) -> None:
+  """Gives Abseil's C++ logger the threshold of TF_CPP_MIN_LOG_LEVEL; a no-op
+  where the level is not a number or the TensorFlow build differs."""
+  try:
+    severity = min(max(int(level), 0), 3)
+    library = ctypes.CDLL(os.path.join(tensorflow_dir,
+                                       "libtensorflow_framework.so.2"))
+    getattr(library, _ABSL_SET_MIN_LOG_LEVEL)(ctypes.c_int(severity))
+  except (ValueError, OSError, AttributeError):
+    pass
+
+
+def how_to_serve(export_dir: str, k: int = 10, history_length: int = 3
+                 ) -> str:
+  """The commands that serve an export and query it, ready to paste.
+
+  Args:
+    export_dir: the export folder, as the user named it.
+    k: items the example queries ask for.
+    history_length: the example history is the export's `history_length`
+      most popular items (item ids 1, 2, ...), known to every version.
+
+  Returns:
+    Lines: the serve command, a curl query of the running service, and the
+    same query without a service (pipelines/recommend.py).
+  """
+  version = layout.resolve_version(export_dir)
+  raw_ids = np.load(os.path.join(
+      layout.piece_dir(export_dir, layout.ITEM_INDEX, version), layout.RAW_IDS))
+  history = raw_ids[:history_length].tolist()
+  python = _relative(sys.executable)
+  model_dir = shlex.quote(export_dir)
+  body = json.dumps({"history": history, "k": k})
+  return "\n".join([
+      "Serve it (http://127.0.0.1:8000):",
+      f"  {python} {_relative(_pipeline('serve.py'))} --model-dir {model_dir}",
+      "Query the service:",
+      f"  curl -s localhost:8000/v1/recommend -d {shlex.quote(body)}",
+      "Or query the export directly, without a service:",
+      f"  {python} {_relative(_pipeline('recommend.py'))} --model-dir "
+      f"{model_dir} --history {shlex.quote(','.join(history))} --k {k}",
+  ])
+
+
+def _pipeline(script: str) -> str:
+  return os.path.join(ROOT, "pipelines", script)
+
+
+def _relative(path: str) -> str:
+  """`path` relative to the working directory when it lies below it."""
+  relative = os.path.relpath(path)
+  return shlex.quote(path if relative.startswith(os.pardir) else relative)

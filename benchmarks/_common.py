@@ -168,14 +168,15 @@ def random_histories(rng: np.random.Generator, users: int, seq_len: int,
 
 
 def export_metadata(model_dir: str) -> dict:
-  """The export's metadata.json."""
-  with open(os.path.join(model_dir, "metadata.json")) as stored:
-    return json.load(stored)
+  """The metadata of the export's newest complete version."""
+  from remi_tf import layout  # pylint: disable=g-import-not-at-top
+  return layout.read_metadata(model_dir, layout.resolve_version(model_dir))
 
 
 def dataset_histories(metadata: dict, cache_dir: Optional[str],
                       expected_vocab: np.ndarray,
-                      splits: Sequence[str] = ("test", "valid", "train")):
+                      splits: Sequence[str] = ("test", "valid", "train"),
+                      raw_file: Optional[str] = None):
   """Real users' histories of the dataset an export was trained on.
 
   The dataset is rebuilt from the run configuration recorded in the
@@ -186,9 +187,11 @@ def dataset_histories(metadata: dict, cache_dir: Optional[str],
   Args:
     metadata: the export's metadata.json.
     cache_dir: download/preprocessing cache (None: the default).
-    expected_vocab: the export's raw ids (item_index/raw_ids.npy); the
+    expected_vocab: the export's raw ids (item_index/<v>/raw_ids.npy); the
       dataset must have exactly these items, else ValueError.
     splits: which users, in order.
+    raw_file: a local copy of the export's raw file (`--raw-file`), needed
+      unless its dataset is downloaded.
 
   Returns:
     (histories int32 [U, seq_len] 0-padded, item_vocab str [N],
@@ -197,11 +200,11 @@ def dataset_histories(metadata: dict, cache_dir: Optional[str],
   Raises:
     Whatever loading the dataset raises (e.g. the raw file is gone).
   """
-  from remi_tf import runs  # pylint: disable=g-import-not-at-top
+  from remi_tf import export_evaluation  # pylint: disable=g-import-not-at-top
   from remi_tf.data.inputs import evaluation_examples  # pylint: disable=g-import-not-at-top
-  run_config, dataset = runs.dataset_of_export(metadata, expected_vocab,
-                                               cache_dir)
-  seq_len = run_config.model.seq_len
+  dataset = export_evaluation.dataset_of_export(metadata, expected_vocab,
+                                                raw_file, cache_dir)
+  seq_len = int(metadata["seq_len"])
   parts, counts = [], {}
   for split in splits:
     histories = evaluation_examples(getattr(dataset, split),

@@ -59,6 +59,8 @@ def parse_args(argv=None):
                       help="an export, e.g. saved_models/gowalla")
   parser.add_argument("--cache-dir", help="the dataset cache of the export's "
                       "run (default: remi_tf's default)")
+  parser.add_argument("--raw-file", help="a local copy of the raw file the "
+                      "export was trained on (unless it was downloaded)")
   parser.add_argument("--queries", type=int, default=2000,
                       help="interest vectors to measure")
   parser.add_argument("--random-queries", action="store_true",
@@ -84,11 +86,13 @@ def parse_args(argv=None):
   return args
 
 
-def user_interests(artifacts, metadata, cache_dir, wanted: int):
+def user_interests(artifacts, metadata, cache_dir, wanted: int,
+                   raw_file=None):
   """float32 [Q, d] interest vectors of up to `wanted` // K + 1 real
   users, and {split: users used}."""
   histories, item_vocab, _ = _common.dataset_histories(
-      metadata, cache_dir, expected_vocab=artifacts.vocabulary.raw_ids)
+      metadata, cache_dir, expected_vocab=artifacts.vocabulary.raw_ids,
+      raw_file=raw_file)
   k = int(metadata["interests"])
   histories = histories[:math.ceil(wanted / k)]
   raw = np.concatenate([[""], item_vocab])
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
   if not args.random_queries:
     try:
       vectors, users = user_interests(artifacts, metadata, args.cache_dir,
-                                      wanted)
+                                      wanted, args.raw_file)
       source = "users"
     except Exception as error:  # pylint: disable=broad-except
       fallback_reason = f"{type(error).__name__}: {error}"

@@ -5,10 +5,11 @@ Starts `pipelines/serve.py --model-dir DIR --host 127.0.0.1 --port P` (a
 free port unless --port is given) as a subprocess, waits for /healthz, and
 always terminates it at the end (also on errors and Ctrl-C). Request
 histories are real users' histories (raw ids) of the dataset the export
-was trained on (rebuilt from metadata.json through --cache-dir: test users,
+was trained on (rebuilt from its metadata through --cache-dir, and
+--raw-file for a local raw file: test users,
 then validation and training users); if the dataset cannot be loaded (or
 with --random-histories) they are random raw ids from
-item_index/raw_ids.npy, which the JSON records.
+item_index/<v>/raw_ids.npy, which the JSON records.
 
   (a) sequential: --warmup-requests untimed, then --requests single
       `POST /v1/recommend {"history": [...], "k": --k}` one after the
@@ -44,6 +45,8 @@ import _common  # noqa: E402  (repo root on sys.path; imports remi_tf first)
 
 import numpy as np  # noqa: E402
 
+from remi_tf import layout  # noqa: E402
+
 TARGETS = {"p99_ms": ("<", 10.0), "requests_per_second": (">=", 300.0)}
 SERVE = os.path.join(_common.ROOT, "pipelines", "serve.py")
 
@@ -55,6 +58,8 @@ def parse_args(argv=None):
                       help="an export, e.g. saved_models/gowalla")
   parser.add_argument("--cache-dir", help="the dataset cache of the export's "
                       "run (default: remi_tf's default)")
+  parser.add_argument("--raw-file", help="a local copy of the raw file the "
+                      "export was trained on (unless it was downloaded)")
   parser.add_argument("--random-histories", action="store_true",
                       help="random raw ids instead of real users' histories")
   parser.add_argument("--port", type=int, default=0,
@@ -87,12 +92,14 @@ def free_port() -> int:
 def request_histories(args, metadata: dict):
   """Raw-id histories to send, their source ({split: users} or "random")
   and the reason for a random fallback (None if none)."""
-  raw_ids = np.load(os.path.join(args.model_dir, "item_index",
-                                 "raw_ids.npy")).astype(str)
+  raw_ids = np.load(os.path.join(
+      layout.piece_dir(args.model_dir, layout.ITEM_INDEX, metadata["version"]),
+      layout.RAW_IDS)).astype(str)
   if not args.random_histories:
     try:
       histories, item_vocab, counts = _common.dataset_histories(
-          metadata, args.cache_dir, expected_vocab=raw_ids)
+          metadata, args.cache_dir, expected_vocab=raw_ids,
+          raw_file=args.raw_file)
       wanted = max(args.requests, args.load_requests) + args.warmup_requests
       return (_common.raw_histories(histories[:wanted], item_vocab),
               counts, None)

@@ -1,10 +1,12 @@
-"""Answer one recommendation query from an export, on the command line.
+"""Answer one recommendation query from an export, on the command line,
+as the service does (unknown ids are ignored and counted).
 
   python pipelines/recommend.py --model-dir saved_models/gowalla \
       --history 2049,1170,88 --k 20
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,16 +25,19 @@ def main(argv=None) -> int:
   parser.add_argument("--k", type=int, default=20)
   parser.add_argument("--keep-history", action="store_true",
                       help="allow items of the history in the answer")
+  parser.add_argument("--version", type=int,
+                      help="the export version (default the newest)")
   args = parser.parse_args(argv)
   try:
-    recommender = serving.Recommender(serving.load_artifacts(args.model_dir))
+    recommender = serving.Recommender(serving.load_artifacts(
+        args.model_dir, version=args.version))
     history = [raw for raw in args.history.split(",") if raw]
     answer = recommender.recommend([history], args.k,
                                    not args.keep_history)[0]
   except (serving.ModelFolderError, serving.RequestError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  print(json.dumps({"items": answer.items, "scores": answer.scores}))
+  print(json.dumps(dataclasses.asdict(answer)))
   return 0
 
 

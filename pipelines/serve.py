@@ -24,9 +24,12 @@ def main(argv=None) -> int:
                       "for the user tower instead of running it in-process")
   parser.add_argument("--max-k", type=int, default=500,
                       help="largest k a request may ask for")
+  parser.add_argument("--version", type=int,
+                      help="the export version to serve (default the newest)")
   args = parser.parse_args(argv)
   try:
-    artifacts = serving.load_artifacts(args.model_dir, args.tf_serving_url)
+    artifacts = serving.load_artifacts(args.model_dir, args.tf_serving_url,
+                                       args.version)
   except serving.ModelFolderError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2

@@ -3,7 +3,8 @@
   python pipelines/train.py --dataset gowalla --raw-file PATH
   python pipelines/train.py --dataset csv --raw-file my_log.csv --beta 0 --rr-lambda 0
 
-Defaults are the paper's, per dataset (remi_tf/config.py). Running the same
+Defaults are the paper's, per dataset and model (remi_tf/config.py); every
+numeric flag is range-checked before anything is written. Running the same
 command again resumes an interrupted run.
 """
 
@@ -26,8 +27,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       choices=sorted(config.DATASET_DEFAULTS))
   parser.add_argument("--raw-file", help="local copy of the raw file "
                       "(default: download the canonical one)")
+  remi_models = ", ".join(config.REMI_MODELS)
   parser.add_argument("--model", choices=config.MODELS, default=None,
-                      help="user tower (default comirec-sa)")
+                      help=f"user tower (default comirec-sa). {remi_models} "
+                      "train as REMI unless\n--beta and --rr-lambda say "
+                      "otherwise (--beta 0 --rr-lambda 0: the tower as\n"
+                      "published); the others default to the plain sampled "
+                      "softmax")
   parser.add_argument("--interests", type=int, help="K (default 4)")
   parser.add_argument("--embedding-dim", type=int, help="d (default 64)")
   parser.add_argument("--embedding-init", choices=config.EMBEDDING_INITS,
@@ -37,10 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "(default per dataset)")
   parser.add_argument("--threshold", type=int, help="item/user filter "
                       "(default per dataset)")
-  parser.add_argument("--beta", type=float, help="IHN sharpness (default "
-                      "per dataset; 0 = plain sampled softmax)")
+  parser.add_argument("--beta", type=float, help="IHN sharpness (default: "
+                      f"the dataset's for {remi_models},\n0 for the others; "
+                      "0 = plain sampled softmax)")
   parser.add_argument("--rr-lambda", type=float,
-                      help="routing regularization weight (default 100)")
+                      help="routing regularization weight (default "
+                      f"{config.REMI_RR_LAMBDA:g} for {remi_models},\n0 for "
+                      "the others)")
   parser.add_argument("--negatives", type=int, help="sampled negatives per "
                       "batch (default 1280)")
   parser.add_argument("--sampler", choices=config.SAMPLERS,

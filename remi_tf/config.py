@@ -2,6 +2,8 @@
 training hyper-parameters. Flags, functions and tests read them from here."""
 
 import dataclasses
+import math
+from typing import Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,50 @@ HISTORY_FRACTION = 0.8
 MIN_TARGET_POSITION = 4
 
 
+# The objective a tower trains with unless --beta / --rr-lambda say
+# otherwise. REMI (IHN with the dataset's beta, routing regularization with
+# lambda REMI_RR_LAMBDA) is defined for multi-interest towers, and the paper
+# applies it to all three (Table 3): so ComiRec-SA, ComiRec-DR and MIND train
+# as REMI by default (`--beta 0 --rr-lambda 0`: the tower as published). The
+# single-interest baselines and Pop have no interests to route between: they
+# default to the plain sampled softmax (beta 0, lambda 0), as published.
+REMI_MODELS = ("comirec-sa", "comirec-dr", "mind")
+REMI_RR_LAMBDA = 100.0
+
+
+def objective_defaults(dataset: str, model: str) -> Tuple[float, float]:
+  """(beta, rr_lambda) of `model` on `dataset` when not given."""
+  if model in REMI_MODELS:
+    return DATASET_DEFAULTS[dataset].beta, REMI_RR_LAMBDA
+  return 0.0, 0.0
+
+
+# The valid range of every numeric setting (names as the train.py flags):
+# (lowest value, whether the lowest value itself is allowed). Values must
+# also be finite; seeds must fit NumPy's 32-bit seed.
+RANGES = {
+    "interests": (1, True), "embedding_dim": (1, True), "seq_len": (1, True),
+    "threshold": (1, True), "negatives": (1, True), "batch_size": (1, True),
+    "max_steps": (1, True), "eval_every": (1, True), "patience": (1, True),
+    "seed": (0, True), "beta": (0.0, True), "rr_lambda": (0.0, True),
+    "learning_rate": (0.0, False),
+}
+MAX_SEED = 2**32 - 1
+
+
+def check_range(name: str, value) -> None:
+  """Raises ValueError, naming the flag, if `value` is out of its range."""
+  lowest, inclusive = RANGES[name]
+  flag = f"--{name.replace('_', '-')}"
+  if not math.isfinite(value):
+    raise ValueError(f"{flag} must be a finite number, got {value}")
+  if value < lowest or (value == lowest and not inclusive):
+    relation = ">=" if inclusive else ">"
+    raise ValueError(f"{flag} must be {relation} {lowest}, got {value}")
+  if name == "seed" and value > MAX_SEED:
+    raise ValueError(f"{flag} must be <= {MAX_SEED}, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """What defines a user tower and its training objective."""
@@ -51,7 +97,7 @@ class ModelConfig:
   embedding_init: str = "glorot"
   seq_len: int = 20
   beta: float = 0.0
-  rr_lambda: float = 100.0
+  rr_lambda: float = REMI_RR_LAMBDA
   negatives: int = 1280
   sampler: str = "uniform"
 

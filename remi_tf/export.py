@@ -1,46 +1,40 @@
-"""Export of a trained tower for production.
+"""Export of a trained tower for production, as one new version of
+`saved_models/<name>/` (layout and publishing order: `remi_tf.layout`):
 
-`saved_models/<name>/`:
-  user_tower/<version>/   SavedModel for TF Serving: `serving_default` takes
-                          `history` tf.string [batch, seq_len] raw ids ("" and
-                          unknown ids are padding) and returns `interests`
-                          float32 [batch, K, d] and `routing` [batch, K,
-                          seq_len]. Only core TF ops (the id lookup is a
-                          StaticHashTable in the graph).
-  retrieval/<version>/    SavedModel: history raw ids -> top-k raw ids and
-                          scores (max over interests), exact search with
-                          TFRS's BruteForce layer, so it too needs only core
-                          TF ops; the history is not excluded.
-  item_index/             embeddings, raw ids and a ScaNN searcher
-                          (`remi_tf.index`).
-  metadata.json           config, dataset statistics, test metrics, index
-                          configuration and recall, library versions.
-
-Versions are numeric folders, next = last + 1. Everything is written to a
-staging folder beside the export and moved into place by renames, so a
-reader never sees half a model.
+  user_tower/<v>/    SavedModel for TF Serving: `serving_default` takes
+                     `history` tf.string [batch, seq_len] raw ids, oldest
+                     first, and returns `interests` float32 [batch, K, d] and
+                     `routing` [batch, K, seq_len]. Unknown ids and "" are
+                     dropped in the graph (the known ids move to the front,
+                     in order). Only core TF ops (the id lookup is a
+                     StaticHashTable in the graph).
+  retrieval/<v>/     SavedModel: history raw ids -> top-k raw ids and scores
+                     (max over interests), exact search with TFRS's
+                     BruteForce layer, so it too needs only core TF ops; the
+                     history is not excluded.
+  item_index/<v>/    embeddings, raw ids and a ScaNN searcher
+                     (`remi_tf.index`), and the version's metadata.json:
+                     config (raw file by name), the raw file's name and
+                     SHA-256, dataset statistics, test metrics, index
+                     configuration and recall, library versions, run id.
+  metadata.json      the summary of complete versions (`layout.write_summary`).
 """
 
-import json
 import os
 import platform
-import shutil
-import tempfile
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from remi_tf import __version__
+from remi_tf import __version__, layout
 from remi_tf.data import ProcessedDataset
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.index import IndexConfig, ItemIndex, default_config
 from remi_tf.retrieval import merge_over_interests
-from remi_tf.vocabulary import ItemVocabulary
+from remi_tf.vocabulary import ItemVocabulary, compact_ids
 
-USER_TOWER, RETRIEVAL, ITEM_INDEX = "user_tower", "retrieval", "item_index"
-METADATA = "metadata.json"
 RETRIEVAL_K = 100
 
 
@@ -57,7 +51,8 @@ class ServingUserTower(tf.Module):
             tf.TensorSpec([None, seq_len], tf.string, name="history")])
 
   def _serve(self, history):
-    outputs = self.tower(self.lookup.lookup(history), training=False)
+    outputs = self.tower(compact_ids(self.lookup.lookup(history)),
+                         training=False)
     return {"interests": outputs["interests"], "routing": outputs["routing"]}
 
 
@@ -80,7 +75,7 @@ class ServingRetrieval(tf.Module):
             tf.TensorSpec([None, seq_len], tf.string, name="history")])
 
   def _serve(self, history):
-    interests = self.tower(self.lookup.lookup(history),
+    interests = self.tower(compact_ids(self.lookup.lookup(history)),
                            training=False)["interests"]
     shape = tf.shape(interests)
     scores, ids = self.top_k(tf.reshape(interests, [-1, shape[2]]))
@@ -90,79 +85,78 @@ class ServingRetrieval(tf.Module):
     return {"items": tf.gather(self.raw_ids, ids), "scores": scores}
 
 
-def next_version(folder: str) -> int:
-  """1 + the largest numeric subfolder of `folder` (1 if none)."""
-  if not os.path.isdir(folder):
-    return 1
-  versions = [int(name) for name in os.listdir(folder) if name.isdigit()]
-  return max(versions, default=0) + 1
-
-
 def export_model(tower: tf.keras.Model, dataset: ProcessedDataset,
                  run_config, metrics: dict, export_dir: str,
-                 index_config: Optional[IndexConfig] = None) -> dict:
-  """Exports a trained tower, its item index and metadata.
+                 index_config: Optional[IndexConfig] = None,
+                 run_id: Optional[str] = None) -> dict:
+  """Exports a trained tower, its item index and metadata as the next
+  version of `export_dir`.
 
   Args:
     tower: the trained user tower.
     dataset: its dataset (vocabulary; test users tune the index).
-    run_config: the run's `RunConfig` (recorded in metadata).
+    run_config: the run's `RunConfig` (recorded in metadata, its raw file
+      by name and content hash only).
     metrics: the run's metrics (test metrics recorded).
-    export_dir: `saved_models/<name>`.
+    export_dir: `saved_models/<name>`, new or an earlier export.
     index_config: ScaNN configuration (default: from the catalog size).
+    run_id: recorded as the version's "run_id" (`layout.find_run_version`).
 
   Returns:
-    The metadata written.
+    The version's metadata, "version" included.
+
+  Raises:
+    layout.ModelFolderError: `export_dir` is not an export folder.
   """
   seq_len = run_config.model.seq_len
   vocabulary = ItemVocabulary(dataset.item_vocab)
+  with layout.staging_dir(export_dir) as staging:  # fails fast on a non-export
+    index, num_interests = _tuned_index(tower, dataset, seq_len, index_config)
+    raw_file = (layout.file_record(run_config.raw_file)
+                if run_config.raw_file else None)  # None: downloaded
+    metadata = {
+        "name": os.path.basename(os.path.abspath(export_dir)),
+        "run_id": run_id,
+        "seq_len": seq_len,
+        "interests": num_interests,
+        "embedding_dim": int(index.embeddings.shape[1]),
+        "num_items": len(vocabulary),
+        "config": {**run_config.to_json(),
+                   "raw_file": raw_file and raw_file["name"]},
+        "raw_file": raw_file,
+        "dataset": dataset.stats,
+        "test_metrics": metrics.get("test", {}),
+        "index": index.config.__dict__,
+        "versions_of_libraries": library_versions(),
+    }
+    _save(ServingUserTower(tower, vocabulary, seq_len),
+          os.path.join(staging, layout.USER_TOWER))
+    _save(ServingRetrieval(tower, vocabulary, seq_len, RETRIEVAL_K),
+          os.path.join(staging, layout.RETRIEVAL))
+    index.save(os.path.join(staging, layout.ITEM_INDEX), vocabulary.raw_ids)
+    version = layout.publish(staging, export_dir, metadata)
+  return {**metadata, "version": version}
+
+
+def _tuned_index(tower: tf.keras.Model, dataset: ProcessedDataset,
+                 seq_len: int, index_config: Optional[IndexConfig]):
+  """The ScaNN index of the tower's item embeddings, its search tuned on
+  validation users' interests and its recall measured on test users'.
+
+  Returns:
+    (ItemIndex, number of interests K).
+  """
   embeddings = tower.item_table().numpy()[1:]
   if index_config is None:
     index_config = default_config(len(embeddings))
     if embeddings.shape[1] < 2:  # asymmetric hashing needs 2+ dimensions
       index_config = IndexConfig(kind="brute_force")
   index = ItemIndex.build(embeddings, index_config)
-  # Tune on validation users' interests, measure on test users'.
   queries = [tower(tf.constant(evaluation_examples(split, seq_len)
                                .histories[:1000]))["interests"].numpy()
              for split in (dataset.valid, dataset.test)]
   index.tune(*[q.reshape(-1, q.shape[-1]) for q in queries])
-  interests = queries[1]
-
-  export_dir = os.path.abspath(export_dir)
-  parent = os.path.dirname(export_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.",
-                             dir=parent)
-  try:
-    versions = {
-        USER_TOWER: next_version(os.path.join(export_dir, USER_TOWER)),
-        RETRIEVAL: next_version(os.path.join(export_dir, RETRIEVAL)),
-    }
-    _save(ServingUserTower(tower, vocabulary, seq_len),
-          os.path.join(staging, USER_TOWER, str(versions[USER_TOWER])))
-    _save(ServingRetrieval(tower, vocabulary, seq_len, RETRIEVAL_K),
-          os.path.join(staging, RETRIEVAL, str(versions[RETRIEVAL])))
-    index.save(os.path.join(staging, ITEM_INDEX), vocabulary.raw_ids)
-    metadata = {
-        "name": os.path.basename(export_dir),
-        "versions": versions,
-        "seq_len": seq_len,
-        "interests": int(interests.shape[1]),
-        "embedding_dim": int(embeddings.shape[1]),
-        "num_items": len(vocabulary),
-        "config": run_config.to_json(),
-        "dataset": dataset.stats,
-        "test_metrics": metrics.get("test", {}),
-        "index": index.config.__dict__,
-        "versions_of_libraries": library_versions(),
-    }
-    with open(os.path.join(staging, METADATA), "w") as out:
-      json.dump(metadata, out, indent=2, sort_keys=True)
-    _publish(staging, export_dir, versions)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return metadata
+  return index, int(queries[0].shape[1])
 
 
 def _save(module: tf.Module, path: str) -> None:
@@ -175,27 +169,6 @@ def _save(module: tf.Module, path: str) -> None:
                         signatures={"serving_default": module.serve})
   finally:
     logger.setLevel(level)
-
-
-def _publish(staging: str, export_dir: str, versions: dict) -> None:
-  """Moves a staged export into place, one rename per piece."""
-  if not os.path.exists(export_dir):
-    os.rename(staging, export_dir)
-    return
-  for name, version in versions.items():
-    os.makedirs(os.path.join(export_dir, name), exist_ok=True)
-    os.rename(os.path.join(staging, name, str(version)),
-              os.path.join(export_dir, name, str(version)))
-  index_dir = os.path.join(export_dir, ITEM_INDEX)
-  retired = None
-  if os.path.exists(index_dir):
-    retired = tempfile.mkdtemp(prefix=".retired-index.", dir=export_dir)
-    os.rename(index_dir, os.path.join(retired, ITEM_INDEX))
-  os.rename(os.path.join(staging, ITEM_INDEX), index_dir)
-  os.replace(os.path.join(staging, METADATA),
-             os.path.join(export_dir, METADATA))
-  if retired:
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def library_versions() -> dict:

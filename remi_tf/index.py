@@ -1,7 +1,7 @@
 """The item index: ScaNN over the item embeddings, configured from the
 catalog size, checked against exact search, saved in ScaNN's own format.
 
-Layout of an `item_index/` folder:
+Layout of an `item_index/<version>/` folder (names in `remi_tf.layout`):
   embeddings.npy   float32 [N, d], row r is item id r + 1
   raw_ids.npy      str [N], the raw id of each row
   scann/           the serialized searcher (`scann_ops_pybind.load_searcher`)
@@ -17,12 +17,17 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from remi_tf import layout
 from remi_tf.retrieval import merge_over_interests
 
 # ScaNN's guidance: below ~20k points brute force is as fast as anything.
 BRUTE_FORCE_BELOW = 20_000
 TARGET_RECALL = 0.99
 RECALL_AT = 50
+# Candidates (users x interests x candidates per interest) searched and
+# merged at once: 2**16 keeps a request's working memory to a few MB, which
+# the allocator tends to keep; ordinary batches still fit in one group.
+MERGE_BUDGET = 2**16
 
 
 @dataclasses.dataclass
@@ -117,6 +122,9 @@ class ItemIndex:
             ) -> Tuple[np.ndarray, np.ndarray]:
     """Top-n items per user by max over interests.
 
+    Users are searched and merged in groups of at most `MERGE_BUDGET`
+    candidates, so memory does not grow with the batch.
+
     Args:
       interests: float32 [B, K, d].
       n: list length.
@@ -129,11 +137,17 @@ class ItemIndex:
     batch, k, dim = interests.shape
     per_interest = n + (0 if exclude is None else exclude.shape[1])
     per_interest = min(per_interest, len(self.embeddings))
-    ids, scores = self.search(interests.reshape(batch * k, dim), per_interest)
-    merged_ids, merged_scores = self._merge(
-        tf.reshape(ids, [batch, k, -1]), tf.reshape(scores, [batch, k, -1]),
-        tf.constant(n), None if exclude is None else tf.constant(exclude))
-    return merged_ids.numpy(), merged_scores.numpy()
+    users = max(1, MERGE_BUDGET // (k * per_interest))
+    merged = []
+    for start in range(0, batch, users):
+      group = slice(start, start + users)
+      ids, scores = self.search(interests[group].reshape(-1, dim),
+                                per_interest)
+      merged.append([result.numpy() for result in self._merge(
+          tf.reshape(ids, [-1, k, per_interest]),
+          tf.reshape(scores, [-1, k, per_interest]), tf.constant(n),
+          None if exclude is None else tf.constant(exclude[group]))])
+    return tuple(np.concatenate(part) for part in zip(*merged))
 
   def tune(self, queries: np.ndarray, held_out: np.ndarray,
            target: float = TARGET_RECALL) -> IndexConfig:
@@ -172,24 +186,25 @@ class ItemIndex:
 
   def save(self, directory: str, raw_ids: np.ndarray) -> None:
     """Writes the index into `directory` (which must not exist)."""
-    os.makedirs(os.path.join(directory, "scann"))
-    np.save(os.path.join(directory, "embeddings.npy"), self.embeddings)
-    np.save(os.path.join(directory, "raw_ids.npy"),
+    os.makedirs(os.path.join(directory, layout.SCANN))
+    np.save(os.path.join(directory, layout.EMBEDDINGS), self.embeddings)
+    np.save(os.path.join(directory, layout.RAW_IDS),
             np.asarray(raw_ids).astype(str))
-    self.searcher.serialize(os.path.join(directory, "scann"),
+    self.searcher.serialize(os.path.join(directory, layout.SCANN),
                             relative_path=True)
-    with open(os.path.join(directory, "index.json"), "w") as out:
+    with open(os.path.join(directory, layout.INDEX_CONFIG), "w") as out:
       json.dump(dataclasses.asdict(self.config), out, indent=2)
 
   @classmethod
   def load(cls, directory: str) -> Tuple["ItemIndex", np.ndarray]:
     """Reads an index written by `save`; returns it and the raw ids."""
     from scann.scann_ops.py import scann_ops_pybind  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(directory, "index.json")) as stored:
+    with open(os.path.join(directory, layout.INDEX_CONFIG)) as stored:
       index_config = IndexConfig(**json.load(stored))
-    embeddings = np.load(os.path.join(directory, "embeddings.npy"))
-    raw_ids = np.load(os.path.join(directory, "raw_ids.npy"))
-    searcher = scann_ops_pybind.load_searcher(os.path.join(directory, "scann"))
+    embeddings = np.load(os.path.join(directory, layout.EMBEDDINGS))
+    raw_ids = np.load(os.path.join(directory, layout.RAW_IDS))
+    searcher = scann_ops_pybind.load_searcher(
+        os.path.join(directory, layout.SCANN))
     return cls(embeddings, searcher, index_config), raw_ids
 
 

@@ -47,11 +47,17 @@ class RunConfig:
 
 def resolve_config(dataset: str, raw_file: Optional[str] = None,
                    **overrides) -> RunConfig:
-  """A run configuration: the dataset's defaults, then any non-None
-  override (names as the train.py flags: model, interests, embedding_dim,
-  embedding_init, seq_len, threshold, beta, rr_lambda, negatives, sampler,
-  batch_size, learning_rate, optimizer, max_steps, eval_every, patience,
-  seed)."""
+  """A run configuration: the dataset's and the model's defaults
+  (`config.DATASET_DEFAULTS`, `config.objective_defaults`), then any
+  non-None override (names as the train.py flags: model, interests,
+  embedding_dim, embedding_init, seq_len, threshold, beta, rr_lambda,
+  negatives, sampler, batch_size, learning_rate, optimizer, max_steps,
+  eval_every, patience, seed).
+
+  Raises:
+    ValueError: an unknown setting or choice, or a value out of its range
+      (`config.RANGES`); the message names the flag.
+  """
   if dataset not in config.DATASET_DEFAULTS:
     raise ValueError(f"unknown dataset {dataset!r}; choose one of "
                      f"{', '.join(config.DATASET_DEFAULTS)}")
@@ -63,27 +69,28 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   unknown = set(given) - model_fields - train_fields - {"threshold"}
   if unknown:
     raise ValueError(f"unknown setting(s) {sorted(unknown)}")
-  model = config.ModelConfig(**{
-      "seq_len": defaults.seq_len, "beta": defaults.beta,
-      **{k: v for k, v in given.items() if k in model_fields}})
-  chosen = {**dataclasses.asdict(model),
-            "optimizer": given.get("optimizer", config.TrainConfig.optimizer)}
   for name, choices in (("model", config.MODELS),
                         ("sampler", config.SAMPLERS),
                         ("embedding_init", config.EMBEDDING_INITS),
                         ("optimizer", config.OPTIMIZERS)):
-    if chosen[name] not in choices:
-      raise ValueError(f"unknown {name.replace('_', ' ')} {chosen[name]!r}; "
+    if name in given and given[name] not in choices:
+      raise ValueError(f"unknown {name.replace('_', ' ')} {given[name]!r}; "
                        f"choose one of {', '.join(choices)}")
+  beta, rr_lambda = config.objective_defaults(
+      dataset, given.get("model", config.ModelConfig.model))
+  model = config.ModelConfig(**{
+      "seq_len": defaults.seq_len, "beta": beta, "rr_lambda": rr_lambda,
+      **{k: v for k, v in given.items() if k in model_fields}})
   train = config.TrainConfig(
       **{k: v for k, v in given.items() if k in train_fields})
-  for name in ("batch_size", "max_steps", "eval_every", "patience"):
-    if getattr(train, name) < 1:
-      raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+  threshold = given.get("threshold", defaults.threshold)
+  for name in config.RANGES:
+    value = threshold if name == "threshold" else getattr(
+        model if name in model_fields else train, name)
+    config.check_range(name, value)
   return RunConfig(dataset=dataset,
                    raw_file=os.path.abspath(raw_file) if raw_file else None,
-                   threshold=given.get("threshold", defaults.threshold),
-                   model=model, train=train)
+                   threshold=threshold, model=model, train=train)
 
 
 def default_run_dir(run_config: RunConfig, root: str = "runs") -> str:

@@ -29,9 +29,21 @@ class ItemVocabulary:
     """Item ids of raw ids; unknown ids (and "") map to 0."""
     return [self._index.get(str(raw), 0) for raw in raw_ids]
 
-  def to_raw(self, ids: Iterable[int]) -> List[str]:
+  def to_raw(self, ids: Sequence[int]) -> List[str]:
     """Raw ids of item ids 1..N."""
-    return [str(self.raw_ids[i - 1]) for i in ids]
+    return self.raw_ids[np.asarray(ids, np.int64) - 1].tolist()
+
+  def tower_input(self, ids: Sequence[int], seq_len: int) -> List[str]:
+    """A history as the user tower takes it: unknown ids (0) dropped
+    first, then the last `seq_len` known ones as raw ids, oldest first,
+    right-padded with "" (as the training histories).
+
+    Args:
+      ids: a history's item ids (`to_ids`), oldest first.
+      seq_len: the tower's history length.
+    """
+    known = [i for i in ids if i][-seq_len:] if seq_len else []
+    return self.to_raw(known) + [PADDING] * (seq_len - len(known))
 
   def lookup_table(self) -> tf.lookup.StaticHashTable:
     """The same mapping as an in-graph table (core TF ops), default 0."""
@@ -42,8 +54,10 @@ class ItemVocabulary:
         default_value=0)
 
 
-def pad_history(raw_ids: Sequence[str], seq_len: int) -> List[str]:
-  """A request history as the user tower takes it: the last `seq_len` raw
-  ids, oldest first, right-padded with "" (as the training histories)."""
-  kept = [str(raw) for raw in raw_ids][-seq_len:] if seq_len else []
-  return kept + [PADDING] * (seq_len - len(kept))
+def compact_ids(ids: tf.Tensor) -> tf.Tensor:
+  """int [B, L] item ids -> the same ids with the known ones first, in
+  their order, and the 0s (padding, unknown ids) after them: histories as
+  the towers were trained on, wherever a client put the unknown ids."""
+  order = tf.argsort(tf.cast(tf.equal(ids, 0), tf.int32), axis=1,
+                     stable=True)
+  return tf.gather(ids, order, batch_dims=1)

@@ -1,18 +1,23 @@
 """The export: TF Serving's user tower equals the Keras tower, loads with
-plain TensorFlow, the retrieval model equals brute force, versions, and the
-ScaNN recall check."""
+plain TensorFlow, the retrieval model equals brute force, versions published
+as matching pairs, metadata without machine paths, and the ScaNN recall
+check."""
 
+import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_pipeline
-from remi_tf import runs
+from conftest import BOOKS_SLICE, GOWALLA_SLICE, ROOT, run_pipeline
+from remi_tf import export, layout, runs, serving
+from remi_tf import index as index_module
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.index import IndexConfig, ItemIndex, default_config
 from remi_tf.retrieval import exact_top_n
@@ -40,15 +45,23 @@ def test_user_tower_savedmodel_matches_keras(trained):
                              expected["routing"].numpy(), atol=1e-5)
 
 
-def test_unknown_ids_are_padding(trained):
-  export_dir, _, _, _, raw = trained
+def test_unknown_ids_are_dropped_wherever_they_are(trained):
+  export_dir, tower, _, histories, raw = trained
   serve = tf.saved_model.load(str(export_dir / "user_tower" / "1")
                               ).signatures["serving_default"]
-  noisy = raw.copy()
-  noisy[noisy == ""] = "no-such-item"
+  # Unknown ids between known ones: the tower sees the known ones, in order.
+  rng = np.random.default_rng(0)
+  noisy = np.full(raw.shape, "no-such-item", dtype=object)
+  for row, ids in enumerate(histories):
+    known = raw[row][ids > 0][:10]
+    noisy[row, np.sort(rng.choice(20, size=len(known), replace=False))] = known
+  compacted = np.zeros_like(histories)
+  for row, ids in enumerate(histories):
+    known = ids[ids > 0][:10]
+    compacted[row, :len(known)] = known
   np.testing.assert_allclose(serve(history=tf.constant(noisy))["interests"],
-                             serve(history=tf.constant(raw))["interests"],
-                             atol=1e-6)
+                             tower(tf.constant(compacted))["interests"],
+                             atol=1e-5)
 
 
 def test_user_tower_loads_in_plain_tensorflow(trained):
@@ -97,28 +110,166 @@ def test_retrieval_savedmodel_equals_brute_force(trained):
                              rtol=1e-5)
 
 
-def test_metadata_and_next_version(trained, tmp_path):
+def _strings(value):
+  if isinstance(value, dict):
+    return [s for v in value.values() for s in _strings(v)]
+  if isinstance(value, list):
+    return [s for v in value for s in _strings(v)]
+  return [value] if isinstance(value, str) else []
+
+
+def test_metadata_names_the_pair_and_the_raw_file_without_paths(trained):
   export_dir = trained[0]
-  with open(export_dir / "metadata.json") as stored:
-    metadata = json.load(stored)
-  assert metadata["versions"] == {"user_tower": 1, "retrieval": 1}
+  metadata = layout.read_metadata(str(export_dir), 1)
+  assert metadata["version"] == 1
   assert metadata["index"]["recall"] >= 0.99
   assert set(metadata["test_metrics"]) >= {"recall@50", "hr@50"}
   assert {"tensorflow", "scann", "tensorflow_recommenders"} <= set(
       metadata["versions_of_libraries"])
   assert metadata["seq_len"] == 20 and metadata["interests"] == 4
+  with open(BOOKS_SLICE, "rb") as raw:
+    digest = hashlib.sha256(raw.read()).hexdigest()
+  name = os.path.basename(BOOKS_SLICE)
+  assert metadata["raw_file"] == {"name": name, "sha256": digest,
+                                  "bytes": os.path.getsize(BOOKS_SLICE)}
+  assert metadata["config"]["raw_file"] == name
+  with open(export_dir / "metadata.json") as stored:
+    summary = json.load(stored)
+  assert summary["latest"] == 1
+  assert summary["versions"]["1"]["user_tower"] == "user_tower/1"
+  assert summary["versions"]["1"]["item_index"] == "item_index/1"
+  for text in _strings(metadata) + _strings(summary):
+    assert not os.path.isabs(text) and ROOT not in text, text
 
 
-def test_reexport_adds_versions_atomically(tiny_run, tmp_path):
+def test_reexport_publishes_only_matching_pairs_to_a_polling_reader(
+    tiny_run, tmp_path):
+  """Readers (the service's loader; TF Serving, which loads any
+  user_tower/<v>) polling while versions are written into the folder only
+  ever find a tower with the index of its own version."""
   run_dir, _, cache = tiny_run
-  target = tmp_path / "model"
-  runs.export_run(str(run_dir), str(target), str(cache))
-  second = runs.export_run(str(run_dir), str(target), str(cache))
-  assert second["versions"] == {"user_tower": 2, "retrieval": 2}
-  assert sorted(os.listdir(target / "user_tower")) == ["1", "2"]
-  leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".")]
-  leftovers += [n for n in os.listdir(target) if n.startswith(".")]
-  assert not leftovers
+  run_config, dataset, model, metrics = runs.load_run(str(run_dir),
+                                                      str(cache))
+  tower = model.tower
+  history = evaluation_examples(dataset.test, 20).histories[:2]
+  raw = np.concatenate([[""], dataset.item_vocab])[history].tolist()
+  target = str(tmp_path / "model")
+  exported = []  # (item embeddings [N, d], interests of `history`) per model
+  stop, seen, failures = threading.Event(), [], []
+
+  def poll():
+    while True:
+      finished = stop.is_set()
+      for version in layout.numbered_folders(
+          os.path.join(target, layout.USER_TOWER)):
+        if not os.path.exists(layout.metadata_path(target, version)):
+          failures.append(f"user_tower/{version} without its item index")
+      try:
+        artifacts = serving.load_artifacts(target)
+      except serving.ModelFolderError as error:
+        if seen or not ("no complete" in str(error)
+                        or "does not exist" in str(error)):
+          failures.append(str(error))
+      else:
+        embeddings, interests = exported[artifacts.version - 1]
+        if not (np.array_equal(artifacts.index.embeddings, embeddings) and
+                np.allclose(artifacts.user_tower.interests(raw), interests,
+                            atol=1e-5)):
+          failures.append(f"version {artifacts.version} is a mixed pair")
+        seen.append(artifacts.version)
+      if finished:
+        return
+
+  reader = threading.Thread(target=poll)
+  reader.start()
+  item_embeddings = [v for v in tower.variables
+                     if "item_embeddings" in v.name][0]
+  try:
+    for _ in range(2):
+      exported.append((tower.item_table().numpy()[1:],
+                       tower(tf.constant(history))["interests"].numpy()))
+      export.export_model(tower, dataset, run_config, metrics, target)
+      item_embeddings.assign(-item_embeddings)  # the next model differs
+  finally:
+    stop.set()
+    reader.join()
+  assert not failures, failures[:5]
+  assert seen and seen == sorted(seen) and seen[-1] == 2
+  assert layout.complete_versions(target) == [1, 2]
+  assert not [n for n in os.listdir(target) if n.startswith(".")]
+
+
+def _make_version(export_dir, version, piece_names=("user_tower",
+                                                    "item_index"), **meta):
+  for piece in piece_names:
+    os.makedirs(layout.piece_dir(str(export_dir), piece, version))
+  if "item_index" in piece_names:
+    with open(layout.metadata_path(str(export_dir), version), "w") as out:
+      json.dump({"version": version, **meta}, out)
+
+
+def test_layout_readers_take_only_complete_versions(tmp_path):
+  folder = tmp_path / "model"
+  with pytest.raises(layout.ModelFolderError, match="does not exist"):
+    layout.resolve_version(str(folder))
+  folder.mkdir()
+  with pytest.raises(layout.ModelFolderError, match="no complete"):
+    layout.resolve_version(str(folder))
+  _make_version(folder, 1, run_id="run-a")
+  _make_version(folder, 2, run_id="run-b")
+  _make_version(folder, 3, ("user_tower",))  # tower without its index
+  _make_version(folder, 4, ("item_index", "retrieval"))  # index, no tower
+  os.makedirs(folder / "user_tower" / "5")
+  os.makedirs(folder / "item_index" / "5")
+  (folder / "item_index" / "5" / "metadata.json").write_text("{")
+  assert layout.complete_versions(str(folder)) == [1, 2]
+  assert layout.latest_version(str(folder)) == 2
+  assert layout.resolve_version(str(folder)) == 2
+  assert layout.resolve_version(str(folder), 1) == 1
+  with pytest.raises(layout.ModelFolderError, match="no complete version 3"):
+    layout.resolve_version(str(folder), 3)
+  assert layout.next_version(str(folder)) == 6  # numbers are never reused
+  assert layout.find_run_version(str(folder), "run-a") == 1
+  assert layout.find_run_version(str(folder), "run-c") is None
+  assert layout.find_run_version(str(tmp_path / "none"), "run-a") is None
+
+
+def test_layout_publishes_the_tower_last_and_cleans_up(tmp_path, monkeypatch):
+  folder = str(tmp_path / "model")
+  renamed = []
+  rename = os.rename
+  monkeypatch.setattr(os, "rename", lambda a, b: (renamed.append(b),
+                                                  rename(a, b)))
+  with layout.staging_dir(folder) as staging:
+    for piece in ("user_tower", "item_index", "retrieval"):
+      os.makedirs(os.path.join(staging, piece))
+    assert layout.publish(staging, folder, {"run_id": "r"}) == 1
+  assert [os.path.relpath(p, folder) for p in renamed] == [
+      "item_index/1", "retrieval/1", "user_tower/1"]
+  assert layout.read_metadata(folder, 1) == {"run_id": "r", "version": 1}
+  os.makedirs(os.path.join(folder, ".staging-left-by-a-crash"))
+  with layout.staging_dir(folder):
+    pass
+  assert sorted(os.listdir(folder)) == ["item_index", "metadata.json",
+                                        "retrieval", "user_tower"]
+
+
+def test_layout_rejects_old_exports_and_other_folders(tmp_path):
+  old = tmp_path / "old"
+  os.makedirs(old / "item_index")
+  (old / "item_index" / "index.json").write_text("{}")
+  with pytest.raises(layout.ModelFolderError, match="old layout"):
+    layout.resolve_version(str(old))
+  with pytest.raises(layout.ModelFolderError, match="old layout"):
+    with layout.staging_dir(str(old)):
+      pass
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.json").write_text("{}")
+  with pytest.raises(layout.ModelFolderError, match="not an export folder"):
+    with layout.staging_dir(str(other)):
+      pass
+  assert os.listdir(other) == ["config.json"]
 
 
 def test_scann_tree_index_reaches_the_recall_target():
@@ -138,7 +289,10 @@ def test_scann_tree_index_reaches_the_recall_target():
   assert tuned.leaves_to_search > 2
 
 
-def test_index_merge_equals_exact_search_with_brute_force_scann(tmp_path):
+@pytest.mark.parametrize("budget", [index_module.MERGE_BUDGET, 100])
+def test_index_merge_equals_exact_search_with_brute_force_scann(
+    tmp_path, monkeypatch, budget):
+  monkeypatch.setattr(index_module, "MERGE_BUDGET", budget)  # 100: 1 user
   rng = np.random.default_rng(1)
   embeddings = rng.normal(size=(500, 8)).astype(np.float32)
   index = ItemIndex.build(embeddings, IndexConfig(kind="brute_force"))
@@ -159,11 +313,63 @@ def test_evaluate_cli_on_run_and_export_match_the_run_metrics(tiny_run):
   run_dir, export_dir, cache = tiny_run
   with open(run_dir / "metrics.json") as stored:
     expected = json.load(stored)["test"]
-  for flags in (["--run", str(run_dir)], ["--model-dir", str(export_dir)]):
+  for flags in (["--run", str(run_dir)],
+                ["--model-dir", str(export_dir), "--raw-file", BOOKS_SLICE]):
     done = run_pipeline("evaluate.py", *flags, cache_dir=cache)
     measured = json.loads(done.stdout[done.stdout.index("{"):])
     for name, value in expected.items():
       assert measured[name] == pytest.approx(value, abs=1e-6), (flags, name)
+
+
+def _pipeline_main(script):
+  """The main() of pipelines/<script>, run in this process."""
+  spec = importlib.util.spec_from_file_location(
+      script[:-3], os.path.join(ROOT, "pipelines", script))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.main
+
+
+def _one_line_error(capsys):
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err, err
+  return err
+
+
+def test_evaluating_an_export_checks_its_raw_file(tiny_run, capsys):
+  _, export_dir, cache = tiny_run
+  evaluate = _pipeline_main("evaluate.py")
+  common = ["--model-dir", str(export_dir), "--cache-dir", str(cache)]
+  assert evaluate(common) == 2
+  assert "--raw-file" in _one_line_error(capsys)
+  assert evaluate(common + ["--raw-file", GOWALLA_SLICE]) == 2
+  error = _one_line_error(capsys)
+  assert "not the file the export was trained on" in error
+  assert os.path.basename(BOOKS_SLICE) in error
+  assert evaluate(common + ["--raw-file", str(export_dir / "nothing")]) == 2
+  assert "no such file" in _one_line_error(capsys)
+
+
+def test_export_and_evaluate_reject_folders_that_are_not_runs_or_exports(
+    tiny_run, tmp_path, capsys):
+  run_dir, export_dir, cache = tiny_run
+  evaluate = _pipeline_main("evaluate.py")
+  export_cli = _pipeline_main("export.py")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for folder in (empty, tmp_path / "missing", export_dir):
+    assert export_cli(["--run", str(folder), "--export-dir",
+                   str(tmp_path / "out")]) == 2
+    assert "not a run folder" in _one_line_error(capsys)
+    assert evaluate(["--run", str(folder)]) == 2
+    _one_line_error(capsys)
+  for folder in (empty, tmp_path / "missing", run_dir):
+    assert evaluate(["--model-dir", str(folder)]) == 2
+    error = _one_line_error(capsys)
+    assert "no complete export version" in error or "does not exist" in error
+  assert export_cli(["--run", str(run_dir), "--export-dir", str(run_dir),
+                 "--cache-dir", str(cache)]) == 2
+  assert "not an export folder" in _one_line_error(capsys)
 
 
 def test_export_cli_writes_the_next_version(tiny_run, tmp_path):
@@ -172,4 +378,5 @@ def test_export_cli_writes_the_next_version(tiny_run, tmp_path):
   for version in (1, 2):
     done = run_pipeline("export.py", "--run", str(run_dir), "--export-dir",
                         str(target), cache_dir=cache)
-    assert f'"user_tower": {version}' in done.stdout
+    assert json.loads(done.stdout[done.stdout.index("{"):])[
+        "version"] == version

@@ -1,30 +1,38 @@
 """A stand-in for TF Serving in tests: a local HTTP process that speaks TF
-Serving's REST predict protocol (`POST /v1/models/<name>:predict` with
-`{"inputs": {...}}` or `{"instances": [...]}`) by loading the SavedModel
-with TensorFlow. It is NOT TF Serving, which cannot be installed here; it
-checks that the service's TF Serving backend speaks that protocol.
+Serving's REST predict protocol (`POST /v1/models/<name>[/versions/<v>]:
+predict` with `{"inputs": {...}}` or `{"instances": [...]}`) by loading the
+SavedModel with TensorFlow. Like TF Serving's default version policy it
+serves the newest numeric version under the model base path only; other
+versions are not found (404). It is NOT TF Serving, which cannot be
+installed here; it checks that the service's TF Serving backend speaks that
+protocol.
 
-  python tests/tf_serving_standin.py SAVED_MODEL_DIR PORT [MODEL_NAME]
+  python tests/tf_serving_standin.py MODEL_BASE_PATH PORT [MODEL_NAME]
 """
 
 import http.server
 import json
+import os
 import sys
 
 import tensorflow as tf
 
 
 def main():
-  saved_model, port = sys.argv[1], int(sys.argv[2])
+  base_path, port = sys.argv[1], int(sys.argv[2])
   name = sys.argv[3] if len(sys.argv) > 3 else "user_tower"
-  serve = tf.saved_model.load(saved_model).signatures["serving_default"]
-  path = f"/v1/models/{name}:predict"
+  version = max(int(v) for v in os.listdir(base_path) if v.isdigit())
+  serve = tf.saved_model.load(os.path.join(base_path, str(version))
+                              ).signatures["serving_default"]
+  paths = (f"/v1/models/{name}:predict",
+           f"/v1/models/{name}/versions/{version}:predict")
 
   class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # pylint: disable=invalid-name
-      if self.path != path:
-        return self._answer(404, {"error": f"no model at {self.path}"})
+      if self.path not in paths:
+        return self._answer(404, {"error": f"Servable not found for request: "
+                                           f"{self.path}"})
       body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
       if "inputs" in body:
         history = body["inputs"]["history"]

@@ -1,9 +1,11 @@
 """Serving: loads an export (never the training code) and answers HTTP
 requests with raw item ids."""
 
+from remi_tf.layout import ModelFolderError
 from remi_tf.serving.app import create_app
-from remi_tf.serving.artifacts import ModelFolderError, load_artifacts
-from remi_tf.serving.recommender import Recommender, RequestError
+from remi_tf.serving.artifacts import load_artifacts
+from remi_tf.serving.recommender import (MAX_EXCLUDE, Recommender,
+                                         RequestError)
 
-__all__ = ["ModelFolderError", "Recommender", "RequestError", "create_app",
-           "load_artifacts"]
+__all__ = ["MAX_EXCLUDE", "ModelFolderError", "Recommender", "RequestError",
+           "create_app", "load_artifacts"]

@@ -1,11 +1,12 @@
 """The HTTP JSON service (FastAPI).
 
   POST /v1/recommend        {"history": [...], "k": 50, "exclude_history": true}
-                            -> {"items": [...], "scores": [...]}
+                            -> {"items": [...], "scores": [...],
+                                "unknown_ids": <ids of the history ignored>}
   POST /v1/recommend:batch  {"requests": [<recommend body>, ...]}
                             -> {"results": [<recommend answer>, ...]}
   GET  /healthz             -> {"status": "ok"}
-  GET  /v1/metadata         -> the export's metadata.json
+  GET  /v1/metadata         -> the served version's metadata
 
 Bad requests get a 4xx with a message; the service keeps serving.
 """
@@ -17,7 +18,8 @@ from fastapi import responses
 import pydantic
 
 from remi_tf.serving.backends import UserTowerError
-from remi_tf.serving.recommender import Recommender, RequestError
+from remi_tf.serving.recommender import (Recommendation, Recommender,
+                                         RequestError)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH = 256
@@ -80,12 +82,16 @@ class _BodyTooLarge(Exception):
   pass
 
 
+def _answer(recommendation: Recommendation) -> dict:
+  return {"items": recommendation.items, "scores": recommendation.scores,
+          "unknown_ids": recommendation.unknown_ids}
+
+
 def create_app(recommender: Recommender,
                max_body_bytes: int = MAX_BODY_BYTES) -> fastapi.FastAPI:
   """The FastAPI application around a loaded `Recommender`."""
   app = fastapi.FastAPI(title="remi-tf retrieval",
-                        version=str(recommender.artifacts.metadata.get(
-                            "versions", {}).get("user_tower", "")))
+                        version=str(recommender.artifacts.version))
 
   @app.exception_handler(RequestError)
   async def request_error(_, error: RequestError):
@@ -109,7 +115,7 @@ def create_app(recommender: Recommender,
   def recommend(request: RecommendRequest):
     answer = recommender.recommend([[str(i) for i in request.history]],
                                    request.k, request.exclude_history)[0]
-    return {"items": answer.items, "scores": answer.scores}
+    return responses.JSONResponse(_answer(answer))
 
   @app.post("/v1/recommend:batch")
   def recommend_batch(batch: BatchRequest):
@@ -123,8 +129,9 @@ def create_app(recommender: Recommender,
                    for p in positions]
       for position, answer in zip(positions, recommender.recommend(
           histories, k, exclude)):
-        results[position] = {"items": answer.items, "scores": answer.scores}
-    return {"results": results}
+        results[position] = _answer(answer)
+    # Returned as is: FastAPI's generic encoder would walk every item.
+    return responses.JSONResponse({"results": results})
 
   app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
   return app

@@ -35,18 +35,19 @@ class InProcessUserTower(UserTowerBackend):
 
 
 class TFServingUserTower(UserTowerBackend):
-  """Calls TF Serving's REST predict API (`POST <url>:predict`).
+  """Calls TF Serving's REST predict API for one model version
+  (`POST <model_url>/versions/<version>:predict`), so that the interests
+  always come from the tower that pairs with the loaded item index.
 
   Args:
     model_url: e.g. `http://localhost:8501/v1/models/user_tower`.
-    seq_len: history length of the exported signature.
+    version: the export version to call.
     timeout: seconds per request.
   """
 
-  def __init__(self, model_url: str, seq_len: int, timeout: float = 5.0):
+  def __init__(self, model_url: str, version: int, timeout: float = 5.0):
     import httpx  # pylint: disable=g-import-not-at-top
-    self.url = model_url.rstrip("/") + ":predict"
-    self.seq_len = seq_len
+    self.url = f"{model_url.rstrip('/')}/versions/{version}:predict"
     self._client = httpx.Client(timeout=timeout)
     self._errors = (httpx.HTTPError,)
 

@@ -2,12 +2,17 @@
 per interest, merged by max score."""
 
 import dataclasses
+import itertools
 from typing import List, Sequence
 
 import numpy as np
 
 from remi_tf.serving.artifacts import ServingArtifacts
-from remi_tf.vocabulary import pad_history
+
+# At most this many history items are excluded from an answer: the most
+# recent distinct known ones. Each excluded id widens every interest's
+# candidate list by one, so the cap bounds a request's search and merge.
+MAX_EXCLUDE = 1000
 
 
 class RequestError(ValueError):
@@ -16,10 +21,12 @@ class RequestError(ValueError):
 
 @dataclasses.dataclass
 class Recommendation:
-  """One user's answer: raw item ids, best first, and their scores."""
+  """One user's answer: raw item ids, best first, their scores, and how
+  many ids of the history the model does not know (they were ignored)."""
 
   items: List[str]
   scores: List[float]
+  unknown_ids: int
 
 
 class Recommender:
@@ -38,6 +45,10 @@ class Recommender:
                 exclude_history: bool = True) -> List[Recommendation]:
     """Top-k raw ids for each history (raw ids, oldest first).
 
+    Unknown ids are dropped first; the tower sees the last seq_len known
+    ones. With `exclude_history`, the last `MAX_EXCLUDE` distinct known ids
+    of the history are left out of the answer.
+
     Raises:
       RequestError: k out of range, an empty history, or a history with no
         id the model knows.
@@ -45,27 +56,36 @@ class Recommender:
     if not 1 <= k <= self.max_k:
       raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
     vocabulary = self.artifacts.vocabulary
-    seq_len = self.artifacts.seq_len
-    padded = []
+    known = []
     for position, history in enumerate(histories):
       if not history:
         raise RequestError(f"history {position} is empty")
-      if not any(vocabulary.to_ids(history)):
+      ids = vocabulary.to_ids(history)
+      known.append([i for i in ids if i])
+      if not known[-1]:
         raise RequestError(f"history {position}: none of its ids is known to "
                            "the model")
-      padded.append(pad_history(history, seq_len))
-    interests = self.artifacts.user_tower.interests(padded)
+    interests = self.artifacts.user_tower.interests(
+        [vocabulary.tower_input(ids, self.artifacts.seq_len)
+         for ids in known])
     exclude = None
     if exclude_history:
-      known = [[i for i in vocabulary.to_ids(h) if i] for h in histories]
-      width = max(len(ids) for ids in known)
-      exclude = np.array([ids + [0] * (width - len(ids)) for ids in known],
+      recent = [_last_distinct(ids, MAX_EXCLUDE) for ids in known]
+      width = max(len(ids) for ids in recent)
+      exclude = np.array([ids + [0] * (width - len(ids)) for ids in recent],
                          np.int32)
     ids, scores = self.artifacts.index.top_n(interests, k, exclude)
     answers = []
-    for row_ids, row_scores in zip(ids, scores):
+    for row_ids, row_scores, history, row_known in zip(ids, scores, histories,
+                                                       known):
       found = row_ids > 0
       answers.append(Recommendation(
           items=vocabulary.to_raw(row_ids[found]),
-          scores=[float(s) for s in row_scores[found]]))
+          scores=row_scores[found].tolist(),
+          unknown_ids=len(history) - len(row_known)))
     return answers
+
+
+def _last_distinct(ids: List[int], limit: int) -> List[int]:
+  """The last `limit` distinct ids, most recent first."""
+  return list(itertools.islice(dict.fromkeys(reversed(ids)), limit))

@@ -5,7 +5,8 @@
 
 Defaults are the paper's, per dataset and model (remi_tf/config.py); every
 numeric flag is range-checked before anything is written. Running the same
-command again resumes an interrupted run.
+command again resumes an interrupted run where it stopped (training, test
+evaluation or export), and says so when the run is complete.
 """
 
 import argparse
@@ -65,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--patience", type=int, help="validations without "
                       "improvement before stopping (default 50)")
   parser.add_argument("--seed", type=int, help="default 2023")
-  parser.add_argument("--output", help="run folder (default "
-                      "runs/<dataset>-<model>-<time>, or the unfinished run "
-                      "of the same configuration)")
+  parser.add_argument("--output", help="run folder (default: the newest "
+                      "run of the same configuration\nunder runs/, else "
+                      "runs/<dataset>-<model>-<time>)")
   parser.add_argument("--export-dir", help="default saved_models/<dataset>")
   parser.add_argument("--no-export", action="store_true")
   parser.add_argument("--cache-dir", help="downloads and preprocessed data "
@@ -101,6 +102,10 @@ def train(args: argparse.Namespace) -> int:
   run_dir = args.output or runs.default_run_dir(run_config)
   export_dir = None if args.no_export else (
       args.export_dir or os.path.join("saved_models", args.dataset))
+  if runs.is_complete(run_config, run_dir, export_dir):
+    print(f"run folder {run_dir} is complete, nothing to do (for a new run "
+          "of this configuration: --output NEW_FOLDER)")
+    return 0
   print(f"run folder: {run_dir}", flush=True)
   metrics = runs.train_run(run_config, run_dir, export_dir, args.cache_dir)
   print(json.dumps({key: metrics[key] for key in

@@ -1,21 +1,21 @@
 """Run folders: resolving a run's configuration from flags and the defaults
-table, finding an unfinished run to resume, and the end-to-end job that
-train.py calls (dataset -> train -> metrics.json -> export)."""
+table, finding the run of a configuration, and the end-to-end job that
+train.py calls (dataset -> train -> metrics.json -> export), in phases
+that resume."""
 
 import dataclasses
 import datetime
 import glob
-import json
 import os
+import uuid
 from typing import Optional
 
-import numpy as np
-
-from remi_tf import config, evaluation, export, training
+from remi_tf import config, evaluation, export, layout, training
 from remi_tf.data import load_dataset
 from remi_tf.data.inputs import evaluation_examples
-from remi_tf.serving.artifacts import load_artifacts
 
+# The run's identity, written once: {"run_id": ...}.
+RUN_FILE = "run.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,57 +94,122 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
 
 
 def default_run_dir(run_config: RunConfig, root: str = "runs") -> str:
-  """An unfinished run of the same configuration under `root` (so the same
-  command resumes it), else a new `<dataset>-<model>-<time>` folder."""
-  for candidate in sorted(glob.glob(os.path.join(root, "*", training.CONFIG_FILE))):
-    folder = os.path.dirname(candidate)
-    if os.path.exists(os.path.join(folder, training.METRICS_FILE)):
-      continue
-    with open(candidate) as stored:
-      if json.load(stored) == run_config.to_json():
-        return folder
+  """The newest run folder of the same configuration under `root` (so the
+  same command resumes it, or says it is complete), else a new
+  `<dataset>-<model>-<time>` folder."""
+  same = [os.path.dirname(path) for path in
+          glob.glob(os.path.join(root, "*", training.CONFIG_FILE))
+          if training.read_json(path) == run_config.to_json()]
+  if same:
+    return max(same, key=lambda folder: os.path.getmtime(
+        os.path.join(folder, training.CONFIG_FILE)))
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   return os.path.join(root, f"{run_config.dataset}-{run_config.model.model}-"
                       f"{stamp}")
 
 
+def run_id(run_dir: str) -> Optional[str]:
+  """The run's identity (recorded in its exports), None before it is set."""
+  record = training.read_json(os.path.join(run_dir, RUN_FILE))
+  return record["run_id"] if record else None
+
+
+def is_complete(run_config: RunConfig, run_dir: str,
+                export_dir: Optional[str] = None) -> bool:
+  """Whether every phase of the run in `run_dir` is done: trained, tested
+  (metrics.json) and, if `export_dir` is given, exported there.
+
+  Raises:
+    ValueError: `run_dir` holds a run with another configuration.
+  """
+  _check_config(run_config, run_dir)
+  if not os.path.exists(os.path.join(run_dir, training.METRICS_FILE)):
+    return False
+  if export_dir is None:
+    return True
+  identity = run_id(run_dir)
+  return identity is not None and layout.find_run_version(
+      export_dir, identity) is not None
+
+
 def train_run(run_config: RunConfig, run_dir: str,
               export_dir: Optional[str] = None,
               cache_dir: Optional[str] = None) -> dict:
-  """The main job: dataset -> train (or resume) -> metrics.json -> export.
+  """The main job, in phases that each resume where a killed run stopped:
+  training (`training.train`), the final evaluation on the test users
+  (recorded in metrics.json) and the export (recorded in the export's
+  metadata by the run's id, so a version is published once). A phase that
+  is done is never repeated: on a complete run the job changes nothing.
 
   Args:
     run_config: the run's configuration.
     run_dir: the run folder; a run there with another configuration is an
-      error, an unfinished one with this configuration resumes.
+      error, one with this configuration continues.
     export_dir: where to export the trained model (None: no export).
     cache_dir: download/preprocessing cache (default `~/.cache/remi-tf`).
 
   Returns:
-    The contents of metrics.json.
+    The contents of metrics.json, plus "export": {"export_dir", "version"}
+    when exported.
+
+  Raises:
+    ValueError: `run_dir` holds a run with another configuration.
+    Whatever loading the dataset raises (`remi_tf.data.INPUT_ERRORS`);
+    the dataset is loaded before anything is written.
   """
-  os.makedirs(run_dir, exist_ok=True)
-  config_path = os.path.join(run_dir, training.CONFIG_FILE)
-  if os.path.exists(config_path):
-    with open(config_path) as stored:
-      if json.load(stored) != run_config.to_json():
-        raise ValueError(f"{run_dir} holds a run with another configuration;"
-                         " choose another --output")
-  else:
-    training.write_json(config_path, run_config.to_json())
+  _check_config(run_config, run_dir)
   dataset = load_dataset(run_config.dataset, run_config.raw_file,
                          run_config.threshold, cache_dir=cache_dir)
-  result = training.train(dataset, run_config.model, run_config.train,
-                          run_dir)
-  metrics = {"valid": result.valid, "test": result.test,
-             "config": run_config.to_json(), "dataset": dataset.stats,
-             "routing": result.routing,
-             **result.summary(run_config.train.batch_size)}
-  training.write_json(os.path.join(run_dir, training.METRICS_FILE), metrics)
-  if export_dir is not None:
-    metrics["export"] = export.export_model(
-        result.model.tower, dataset, run_config, metrics, export_dir)
-  return metrics
+  identity = _open_run_folder(run_config, run_dir)
+  metrics_path = os.path.join(run_dir, training.METRICS_FILE)
+  metrics = training.read_json(metrics_path)
+  model = None
+  if metrics is None:
+    result = training.train(dataset, run_config.model, run_config.train,
+                            run_dir)
+    model = result.model
+    test = evaluation.evaluate(model.tower, evaluation_examples(
+        dataset.test, run_config.model.seq_len))
+    metrics = {"valid": result.valid, "test": test,
+               "config": run_config.to_json(), "dataset": dataset.stats,
+               "routing": result.routing,
+               **result.summary(run_config.train.batch_size)}
+    training.crash_point("tested")
+    training.write_json(metrics_path, metrics)
+  if export_dir is None:
+    return metrics
+  version = layout.find_run_version(export_dir, identity)
+  if version is None:
+    if model is None:
+      model = training.best_model(dataset, run_config.model,
+                                  run_config.train, run_dir)
+    version = export.export_model(model.tower, dataset, run_config, metrics,
+                                  export_dir, run_id=identity)["version"]
+    training.crash_point("exported")
+  return {**metrics, "export": {"export_dir": export_dir, "version": version}}
+
+
+def _check_config(run_config: RunConfig, run_dir: str) -> None:
+  """Raises ValueError if `run_dir` holds a run of another configuration."""
+  stored = training.read_json(os.path.join(run_dir, training.CONFIG_FILE))
+  if stored is not None and stored != run_config.to_json():
+    raise ValueError(f"{run_dir} holds a run with another configuration; "
+                     "choose another --output")
+
+
+def _open_run_folder(run_config: RunConfig, run_dir: str) -> str:
+  """Creates the run folder with config.json and run.json (its id) unless
+  they exist; returns the run id."""
+  os.makedirs(run_dir, exist_ok=True)
+  config_path = os.path.join(run_dir, training.CONFIG_FILE)
+  if not os.path.exists(config_path):
+    training.write_json(config_path, run_config.to_json())
+  identity = run_id(run_dir)
+  if identity is None:
+    identity = uuid.uuid4().hex
+    training.write_json(os.path.join(run_dir, RUN_FILE),
+                        {"run_id": identity})
+  return identity
 
 
 def load_run(run_dir: str, cache_dir: Optional[str] = None):
@@ -157,28 +222,23 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
     if not os.path.exists(os.path.join(run_dir, required)):
       raise FileNotFoundError(f"{run_dir} has no {required}: not a finished "
                               "run")
-  with open(os.path.join(run_dir, training.CONFIG_FILE)) as stored:
-    run_config = RunConfig.from_json(json.load(stored))
-  with open(os.path.join(run_dir, training.METRICS_FILE)) as stored:
-    metrics = json.load(stored)
+  run_config = RunConfig.from_json(
+      training.read_json(os.path.join(run_dir, training.CONFIG_FILE)))
+  metrics = training.read_json(os.path.join(run_dir, training.METRICS_FILE))
   dataset = load_dataset(run_config.dataset, run_config.raw_file,
                          run_config.threshold, cache_dir=cache_dir)
-  model = training.build_model(dataset, run_config.model,
-                               run_config.train.learning_rate,
-                               run_config.train.seed,
-                               run_config.train.optimizer)
-  if run_config.model.model != "pop":
-    model.load_weights(os.path.join(run_dir, training.BEST_WEIGHTS)
-                       ).expect_partial()
+  model = training.best_model(dataset, run_config.model, run_config.train,
+                              run_dir)
   return run_config, dataset, model, metrics
 
 
 def export_run(run_dir: str, export_dir: str,
                cache_dir: Optional[str] = None) -> dict:
-  """Exports a finished run's best model to `export_dir`."""
+  """Exports a finished run's best model to `export_dir` as a new version
+(recorded with the run's id)."""
   run_config, dataset, model, metrics = load_run(run_dir, cache_dir)
   return export.export_model(model.tower, dataset, run_config, metrics,
-                             export_dir)
+                             export_dir, run_id=run_id(run_dir))
 
 
 def evaluate_run(run_dir: str, split: str = "test",
@@ -188,41 +248,3 @@ def evaluate_run(run_dir: str, split: str = "test",
   examples = evaluation_examples(getattr(dataset, split),
                                  run_config.model.seq_len)
   return evaluation.evaluate(model.tower, examples)
-
-
-def dataset_of_export(metadata: dict, raw_ids, cache_dir: Optional[str] = None):
-  """The run configuration and dataset an export was trained on, rebuilt
-  from its metadata (raw file and protocol, through the cache).
-
-  Args:
-    metadata: the export's metadata.json.
-    raw_ids: the export's item raw ids; the dataset must have exactly these.
-    cache_dir: download/preprocessing cache.
-
-  Returns:
-    (RunConfig, ProcessedDataset).
-  """
-  run_config = RunConfig.from_json(metadata["config"])
-  dataset = load_dataset(run_config.dataset, run_config.raw_file,
-                         run_config.threshold, cache_dir=cache_dir)
-  if not np.array_equal(dataset.item_vocab, np.asarray(raw_ids).astype(str)):
-    raise ValueError("the export was not trained on this dataset's items")
-  return run_config, dataset
-
-
-def evaluate_export(model_dir: str, split: str = "test",
-                    cache_dir: Optional[str] = None) -> dict:
-  """The paper's metrics of an export (its SavedModel user tower and item
-  embeddings, exact search) on a split of the dataset it was trained on."""
-  artifacts = load_artifacts(model_dir)
-  run_config, dataset = dataset_of_export(
-      artifacts.metadata, artifacts.vocabulary.raw_ids, cache_dir)
-  examples = evaluation_examples(getattr(dataset, split),
-                                 run_config.model.seq_len)
-  raw = np.concatenate([[""], dataset.item_vocab])
-  table = np.concatenate([np.zeros_like(artifacts.index.embeddings[:1]),
-                          artifacts.index.embeddings])
-  ranked = evaluation.rank_by_interests(
-      lambda batch: artifacts.user_tower.interests(raw[batch].tolist()),
-      table, examples.histories, max(evaluation.CUTOFFS))
-  return evaluation.ranking_metrics(ranked, examples.targets)

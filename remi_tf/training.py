@@ -1,12 +1,24 @@
-"""Training: Keras `fit` on the `RetrievalModel` with library callbacks.
+"""Training: Keras `fit` on the `RetrievalModel` with library callbacks, as
+a phase of a run that resumes where it stopped.
 
-One Keras "epoch" is one evaluation interval (`eval_every` steps). At its
-end lazy Adam's pending row updates are applied, the validation users are
-evaluated (Recall@50 selects the best model),
-the best weights are checkpointed, the history is appended to `history.csv`,
-early stopping counts evaluations, and `BackupAndRestore` saves weights,
-optimizer and epoch, so a killed run loses at most one interval. Early
-stopping and the best score are rebuilt from `history.csv` on resume.
+One Keras "epoch" is one evaluation interval of `eval_every` steps; the
+last one is shorter when `eval_every` does not divide `max_steps`, so that
+exactly `max_steps` are trained. At the end of each interval lazy Adam's
+pending row updates are applied, the validation users are evaluated
+(Recall@50 selects the best model), the best weights are checkpointed, the
+interval is appended to `history.csv`, early stopping counts evaluations,
+and the whole training state (weights, optimizer and its step, the
+sampler's draw count) is backed up, so a killed run loses at most one
+interval.
+
+A restarted run restores the backup, drops the rows of `history.csv` that
+the backup does not cover (a kill can land between the two writes: that
+interval is trained again), rebuilds early stopping and the best score from
+the history, and continues the input stream and the negative sampler at the
+restored step. Both are functions of (seed, step), so a resumed run trains
+exactly as an uninterrupted one. When training ends, its outcome is
+recorded in `training.json` (atomically) before the backup is deleted; a
+run with that record never trains again.
 """
 
 import csv
@@ -14,9 +26,11 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -29,25 +43,39 @@ from remi_tf.optimizers import CatchUpCallback, LazyAdam
 
 HISTORY_FILE = "history.csv"
 BEST_WEIGHTS = os.path.join("best", "weights")
+BACKUP_DIR = "backup"
+TRAINING_FILE = "training.json"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
+# A test hook for resume (tests/test_runs.py): when this environment
+# variable names a crash point, the process kills itself there with SIGKILL,
+# as a crash at that moment would. Points: "backup-<i>" (interval i
+# validated and logged, its backup not saved), "trained" (training ended,
+# not yet recorded), and runs.py's "tested" (test metrics computed, not
+# recorded) and "exported" (export published, not yet returned).
+CRASH_AT = "REMI_TF_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+  """Kills this process (SIGKILL) if $REMI_TF_CRASH_AT is `name`."""
+  if os.environ.get(CRASH_AT) == name:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclasses.dataclass
 class TrainResult:
-  """What `train` produced.
+  """The outcome of the training phase.
 
   Attributes:
     model: the training model, holding the best weights.
-    valid: best validation metrics; test: test metrics of that model.
+    valid: best validation metrics.
     steps: optimizer steps taken (over all resumes).
-    train_seconds: time spent in training steps (over all resumes).
+    train_seconds: time spent in training intervals (over all resumes).
     routing: the routing diagnostics of the last training interval.
   """
 
   model: RetrievalModel
   valid: Dict[str, float]
-  test: Dict[str, float]
   steps: int
   train_seconds: float
   routing: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -62,7 +90,7 @@ class TrainResult:
 
 class ValidationCallback(tf.keras.callbacks.Callback):
   """Evaluates the tower on validation users at the end of every interval
-  and adds `val_<metric>` and `train_seconds` to the epoch logs."""
+  and adds `val_<metric>`, `step` and `train_seconds` to the epoch logs."""
 
   def __init__(self, examples: EvaluationExamples):
     super().__init__()
@@ -74,9 +102,22 @@ class ValidationCallback(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     logs["train_seconds"] = time.perf_counter() - self._started
-    logs["step"] = (epoch + 1) * self.params["steps"]
+    logs["step"] = int(self.model.optimizer.iterations)
     metrics = evaluation.evaluate(self.model.tower, self.examples)
     logs.update({f"val_{name}": value for name, value in metrics.items()})
+
+
+def early_stopping_state(history: List[Dict[str, float]],
+                         monitor: str) -> Tuple[Optional[float], int, int]:
+  """(best value, its interval, intervals since) after these history rows,
+  as Keras's `EarlyStopping` (mode "max") counts them."""
+  best, best_epoch, wait = None, 0, 0
+  for epoch, row in enumerate(history):
+    if best is None or row[monitor] > best:
+      best, best_epoch, wait = row[monitor], epoch, 0
+    else:
+      wait += 1
+  return best, best_epoch, wait
 
 
 class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
@@ -89,26 +130,90 @@ class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
 
   def on_train_begin(self, logs=None):
     super().on_train_begin(logs)
-    for epoch, row in enumerate(self._history):
-      current = row[self.monitor]
-      if self._is_improvement(current, self.best):
-        self.best, self.best_epoch, self.wait = current, epoch, 0
-      else:
-        self.wait += 1
+    if self._history:
+      self.best, self.best_epoch, self.wait = early_stopping_state(
+          self._history, self.monitor)
+
+
+class StopAtMaxSteps(tf.keras.callbacks.Callback):
+  """Ends training after exactly `max_steps` optimizer steps: the interval
+  that reaches them ends early (and is still validated, logged and backed
+  up, as its epoch end runs)."""
+
+  def __init__(self, max_steps: int):
+    super().__init__()
+    self.max_steps = max_steps
+    self._steps_left = max_steps
+    self._supports_tf_logs = True  # the logs are not read: no sync per step
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._steps_left = self.max_steps - int(self.model.optimizer.iterations)
+
+  def on_train_batch_end(self, batch, logs=None):
+    if batch + 1 >= self._steps_left:
+      self.model.stop_training = True
+
+
+class IntervalBackup(tf.keras.callbacks.Callback):
+  """Backs up the whole training state at the end of every interval.
+
+  Keras's `BackupAndRestore` restores inside `fit`, too late to start the
+  input stream at the restored step, and deletes its backup when `fit`
+  returns, before the run has recorded that training is complete; this
+  backup is restored before `fit` and deleted by the run.
+
+  Args:
+    model: the compiled training model (its optimizer and sampler are
+      saved with it).
+    directory: the backup folder.
+  """
+
+  def __init__(self, model: tf.keras.Model, directory: str):
+    super().__init__()
+    self._manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), directory, max_to_keep=1)
+
+  def restore(self) -> int:
+    """Restores the last backup into the model, if there is one; returns
+    the optimizer step it holds (0 without a backup)."""
+    model = self._manager.checkpoint.model
+    if self._manager.latest_checkpoint:
+      model.optimizer.build(model.trainable_variables)
+      self._manager.checkpoint.restore(
+          self._manager.latest_checkpoint).assert_existing_objects_matched()
+    return int(model.optimizer.iterations)
+
+  def on_epoch_end(self, epoch, logs=None):
+    crash_point(f"backup-{epoch + 1}")
+    self._manager.save()
 
 
 def read_history(run_dir: str) -> List[Dict[str, float]]:
-  """The logged evaluation intervals of a run, one dict per interval (the
-  last row wins where a restart logged an interval twice)."""
+  """The logged evaluation intervals of a run, one dict per interval."""
   path = os.path.join(run_dir, HISTORY_FILE)
   if not os.path.exists(path):
     return []
-  by_epoch = {}
   with open(path, newline="") as rows:
-    for row in csv.DictReader(rows):
-      by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()
-                                     if v not in ("", None)}
-  return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(rows)]
+
+
+def truncate_history(run_dir: str, intervals: int) -> List[Dict[str, float]]:
+  """Keeps the rows of the first `intervals` intervals in history.csv
+  (rewritten atomically if any row goes); returns the rows kept."""
+  path = os.path.join(run_dir, HISTORY_FILE)
+  history = read_history(run_dir)
+  if all(int(row["epoch"]) < intervals for row in history):
+    return history
+  with open(path, newline="") as stored:
+    header, *rows = list(csv.reader(stored))
+  epoch = header.index("epoch")
+  temporary = f"{path}.tmp"
+  with open(temporary, "w", newline="") as out:
+    csv.writer(out).writerows(
+        [header] + [row for row in rows if int(row[epoch]) < intervals])
+  os.replace(temporary, path)
+  return read_history(run_dir)
 
 
 def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
@@ -131,39 +236,103 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
   return model
 
 
+def _new_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
+               train_config: config.TrainConfig) -> RetrievalModel:
+  """The seeded, untrained model of a run."""
+  tf.keras.utils.set_random_seed(train_config.seed)
+  return build_model(dataset, model_config, train_config.learning_rate,
+                     train_config.seed, train_config.optimizer)
+
+
+def best_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
+               train_config: config.TrainConfig,
+               run_dir: str) -> RetrievalModel:
+  """The run's model with its best weights (by validation)."""
+  model = _new_model(dataset, model_config, train_config)
+  if model_config.model != "pop":  # Pop has no weights: counts are data
+    model.load_weights(os.path.join(run_dir, BEST_WEIGHTS)).expect_partial()
+  return model
+
+
 def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
           train_config: config.TrainConfig, run_dir: str,
           verbose: Optional[int] = None) -> TrainResult:
-  """Trains (or resumes) a run in `run_dir`, then tests its best model.
+  """The training phase of the run in `run_dir`: trains, resumes an
+  interrupted training, or, once training is recorded as complete, only
+  loads its outcome.
 
   Args:
     dataset: the processed dataset.
     model_config: the tower and its objective.
     train_config: steps, batch, learning rate, evaluation and patience.
-    run_dir: the run folder (created; an unfinished run there resumes).
+    run_dir: the run folder (created if missing).
     verbose: Keras verbosity (default: progress bar on a terminal, one line
       per interval otherwise).
 
   Returns:
-    The trained model and its metrics.
+    The model with its best weights and the training outcome.
   """
   os.makedirs(run_dir, exist_ok=True)
-  tf.keras.utils.set_random_seed(train_config.seed)
-  model = build_model(dataset, model_config, train_config.learning_rate,
-                      train_config.seed, train_config.optimizer)
-  valid_examples = evaluation_examples(dataset.valid, model_config.seq_len)
-  test_examples = evaluation_examples(dataset.test, model_config.seq_len)
-  if model_config.model == "pop":
-    return TrainResult(model, evaluation.evaluate(model.tower, valid_examples),
-                       evaluation.evaluate(model.tower, test_examples), 0, 0.0)
+  record = read_json(os.path.join(run_dir, TRAINING_FILE))
+  if record is None:
+    record = _fit(dataset, model_config, train_config, run_dir, verbose)
+  return TrainResult(best_model(dataset, model_config, train_config, run_dir),
+                     **record)
 
-  history = read_history(run_dir)
+
+def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
+         train_config: config.TrainConfig, run_dir: str,
+         verbose: Optional[int]) -> dict:
+  """Fits from the backup (or from scratch) until `max_steps` or early
+  stopping, records the outcome in training.json, deletes the backup.
+
+  Returns:
+    The record: valid, steps, train_seconds, routing.
+  """
+  model = _new_model(dataset, model_config, train_config)
+  valid_examples = evaluation_examples(dataset.valid, model_config.seq_len)
+  if model_config.model == "pop":
+    record = {"valid": evaluation.evaluate(model.tower, valid_examples),
+              "steps": 0, "train_seconds": 0.0, "routing": {}}
+  else:
+    history = _fit_intervals(model, dataset, model_config, train_config,
+                             run_dir, valid_examples, verbose)
+    crash_point("trained")
+    if not history:
+      raise RuntimeError(f"{run_dir}: training logged no evaluation")
+    monitor = f"val_{train_config.selection_metric}"
+    _, best_epoch, _ = early_stopping_state(history, monitor)
+    record = {
+        "valid": {name[len("val_"):]: value for name, value in
+                  history[best_epoch].items() if name.startswith("val_")},
+        "steps": int(history[-1]["step"]),
+        "train_seconds": sum(row["train_seconds"] for row in history),
+        "routing": {name: history[-1][name] for name in
+                    ("routing_max_weight", "routing_entropy")},
+    }
+  write_json(os.path.join(run_dir, TRAINING_FILE), record)
+  shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
+  return record
+
+
+def _fit_intervals(model: RetrievalModel, dataset: ProcessedDataset,
+                   model_config: config.ModelConfig,
+                   train_config: config.TrainConfig, run_dir: str,
+                   valid_examples: EvaluationExamples,
+                   verbose: Optional[int]) -> List[Dict[str, float]]:
+  """Keras `fit` from the backed-up step to the end; returns the history."""
+  backup = IntervalBackup(model, os.path.join(run_dir, BACKUP_DIR))
+  step = backup.restore()
+  # Intervals end every eval_every steps, and at max_steps.
+  done = -(-step // train_config.eval_every)
+  history = truncate_history(run_dir, done)
   monitor = f"val_{train_config.selection_metric}"
-  best = max((row[monitor] for row in history), default=None)
-  intervals = math.ceil(train_config.max_steps / train_config.eval_every)
+  best, _, wait = early_stopping_state(history, monitor)
+  if step >= train_config.max_steps or wait >= train_config.patience:
+    return history
   stream = training_dataset(dataset.train, model_config.seq_len,
                             train_config.batch_size, train_config.seed,
-                            start_step=len(history) * train_config.eval_every)
+                            start_step=step)
   callbacks = [
       CatchUpCallback(),
       ValidationCallback(valid_examples),
@@ -177,27 +346,24 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
                                      write_graph=False),
       ResumableEarlyStopping(history, monitor=monitor, mode="max",
                              patience=train_config.patience),
-      tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+      StopAtMaxSteps(train_config.max_steps),
+      backup,  # last: an interval is backed up once everything logged it
   ]
   if verbose is None:
     verbose = 1 if sys.stdout.isatty() else 2
-  model.fit(stream, epochs=intervals, steps_per_epoch=train_config.eval_every,
-            callbacks=callbacks, verbose=verbose)
+  model.fit(stream, initial_epoch=done,
+            epochs=math.ceil(train_config.max_steps / train_config.eval_every),
+            steps_per_epoch=train_config.eval_every, callbacks=callbacks,
+            verbose=verbose)
+  return read_history(run_dir)
 
-  history = read_history(run_dir)
-  if not history:
-    raise RuntimeError(f"{run_dir}: training logged no evaluation")
-  model.load_weights(os.path.join(run_dir, BEST_WEIGHTS)).expect_partial()
-  best_row = max(history, key=lambda row: row[monitor])
-  valid = {name[len("val_"):]: value for name, value in best_row.items()
-           if name.startswith("val_")}
-  return TrainResult(
-      model=model, valid=valid,
-      test=evaluation.evaluate(model.tower, test_examples),
-      steps=int(history[-1]["step"]),
-      train_seconds=sum(row["train_seconds"] for row in history),
-      routing={name: history[-1][name] for name in
-               ("routing_max_weight", "routing_entropy")})
+
+def read_json(path: str) -> Optional[dict]:
+  """The JSON object stored at `path`, or None if there is no such file."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as stored:
+    return json.load(stored)
 
 
 def write_json(path: str, payload: dict) -> None:

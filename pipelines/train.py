@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remi_tf import config, runs  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf import config, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     return train(args)
-  except INPUT_ERRORS as error:
+  except (*INPUT_ERRORS, layout.ModelFolderError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
 

@@ -121,15 +121,13 @@ def is_complete(run_config: RunConfig, run_dir: str,
 
   Raises:
     ValueError: `run_dir` holds a run with another configuration.
+    layout.ModelFolderError: `export_dir` is not an export folder.
   """
   _check_config(run_config, run_dir)
   if not os.path.exists(os.path.join(run_dir, training.METRICS_FILE)):
     return False
-  if export_dir is None:
-    return True
-  identity = run_id(run_dir)
-  return identity is not None and layout.find_run_version(
-      export_dir, identity) is not None
+  return export_dir is None or _exported_version(run_dir,
+                                                 export_dir) is not None
 
 
 def train_run(run_config: RunConfig, run_dir: str,
@@ -154,6 +152,7 @@ def train_run(run_config: RunConfig, run_dir: str,
 
   Raises:
     ValueError: `run_dir` holds a run with another configuration.
+    layout.ModelFolderError: `export_dir` is not an export folder.
     Whatever loading the dataset raises (`remi_tf.data.INPUT_ERRORS`);
     the dataset is loaded before anything is written.
   """
@@ -178,7 +177,7 @@ def train_run(run_config: RunConfig, run_dir: str,
     training.write_json(metrics_path, metrics)
   if export_dir is None:
     return metrics
-  version = layout.find_run_version(export_dir, identity)
+  version = _exported_version(run_dir, export_dir)
   if version is None:
     if model is None:
       model = training.best_model(dataset, run_config.model,
@@ -187,6 +186,17 @@ def train_run(run_config: RunConfig, run_dir: str,
                                   export_dir, run_id=identity)["version"]
     training.crash_point("exported")
   return {**metrics, "export": {"export_dir": export_dir, "version": version}}
+
+
+def _exported_version(run_dir: str, export_dir: str) -> Optional[int]:
+  """The version of `export_dir` exported from the run, or None.
+
+  Raises:
+    layout.ModelFolderError: `export_dir` is not an export folder.
+  """
+  identity = run_id(run_dir)
+  return None if identity is None else layout.find_run_version(export_dir,
+                                                               identity)
 
 
 def _check_config(run_config: RunConfig, run_dir: str) -> None:
@@ -234,8 +244,8 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
 
 def export_run(run_dir: str, export_dir: str,
                cache_dir: Optional[str] = None) -> dict:
-  """Exports a finished run's best model to `export_dir` as a new version
-(recorded with the run's id)."""
+  """Exports a finished run's best model to `export_dir` as a new version,
+  recorded with the run's id."""
   run_config, dataset, model, metrics = load_run(run_dir, cache_dir)
   return export.export_model(model.tower, dataset, run_config, metrics,
                              export_dir, run_id=run_id(run_dir))

@@ -34,7 +34,9 @@ Targets: recall >= 0.99 at >= 10x the queries/s of exact search (tree_ah
 on a large catalog, e.g. Gowalla's 174k items).
 
   python benchmarks/ann.py --model-dir saved_models/gowalla
-  python benchmarks/ann.py --model-dir /tmp/bench-export --cache-dir /tmp/bench-cache --rebuild-tree
+  python benchmarks/ann.py --model-dir saved_models/bench --rebuild-tree
+
+(saved_models/bench: the small export made in benchmarks/README.md.)
 
 Prints progress on stderr and one JSON line on stdout.
 """

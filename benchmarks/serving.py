@@ -25,7 +25,10 @@ Targets (2 cores): p99 < 10 ms sequential; >= 300 requests/s at
 concurrency 8.
 
   python benchmarks/serving.py --model-dir saved_models/gowalla
-  python benchmarks/serving.py --model-dir /tmp/bench-export --cache-dir /tmp/bench-cache --requests 200 --load-requests 400
+  python benchmarks/serving.py --model-dir saved_models/bench \
+      --requests 200 --load-requests 400
+
+(saved_models/bench: the small export made in benchmarks/README.md.)
 
 Prints progress on stderr and one JSON line on stdout.
 """

@@ -5,8 +5,11 @@ What runs: the training model as `remi_tf.training.build_model` builds it
 (`build_user_tower` + `make_sampler` + `RetrievalModel`, compiled with
 `remi_tf.optimizers.LazyAdam`), fed by the package's own training input
 pipeline (`remi_tf.data.inputs.training_dataset`) over 10,000 synthetic
-users of uniform random items, long enough that most histories are full.
-Two variants:
+users of uniform random items, each with seq_len to seq_len + 19 of them.
+As in training, each example's target is drawn at a position 4..length-1
+and its history is the up to seq_len items before it, so histories vary in
+length: at seq_len 40 about 20% are full and the others end in padding
+(15 positions on average). Two variants:
 
   plain  beta 0, rr_lambda 0        (ComiRec-SA's sampled softmax)
   remi   beta --beta, rr_lambda --rr-lambda   (IHN + routing regularization)
@@ -72,8 +75,6 @@ def parse_args(argv=None):
                       help="IHN beta of the remi variant (Gowalla: 1)")
   parser.add_argument("--rr-lambda", type=float, default=100.0,
                       help="RR weight of the remi variant")
-  parser.add_argument("--max-padding", type=int, default=5,
-                      help="each history ends with U{0..this} padding ids")
   parser.add_argument("--warmup-steps", type=int, default=50)
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--repeats", type=int, default=1,
@@ -88,15 +89,15 @@ def parse_args(argv=None):
 
 
 def synthetic_stream(num_items: int, seq_len: int, batch_size: int,
-                     max_padding: int, seed: int):
+                     seed: int):
   """The package's own training stream (remi_tf.data.inputs) over 10,000
-  synthetic users of random items, each long enough that most histories are
-  full and at most `max_padding` + 4 positions pad the shortest ones."""
+  synthetic users of uniform random items, each with seq_len + U{0..19}
+  items; histories are as long as their random target position allows
+  (about 20% full at seq_len 40)."""
   from remi_tf.data import UserSequences  # pylint: disable=g-import-not-at-top
   from remi_tf.data.inputs import training_dataset  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  lengths = rng.integers(seq_len - max_padding + 5, seq_len + 20,
-                         size=10_000)
+  lengths = rng.integers(seq_len, seq_len + 20, size=10_000)
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   users = UserSequences(
       offsets=offsets,
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
   tf.keras.utils.set_random_seed(args.seed)
   num_items = args.items - 1
   stream = synthetic_stream(num_items, args.seq_len, args.batch_size,
-                            args.max_padding, args.seed)
+                            args.seed)
   variants = {"plain": (0.0, 0.0), "remi": (args.beta, args.rr_lambda)}
   models, warmup_seconds = {}, {}
   for name, (beta, rr_lambda) in variants.items():

@@ -114,7 +114,8 @@ def how_to_serve(export_dir: str, k: int = 10, history_length: int = 3
       "Serve it (http://127.0.0.1:8000):",
       f"  {python} {_relative(_pipeline('serve.py'))} --model-dir {model_dir}",
       "Query the service:",
-      f"  curl -s localhost:8000/v1/recommend -d {shlex.quote(body)}",
+      "  curl -s localhost:8000/v1/recommend -H 'Content-Type: "
+      f"application/json' -d {shlex.quote(body)}",
       "Or query the export directly, without a service:",
       f"  {python} {_relative(_pipeline('recommend.py'))} --model-dir "
       f"{model_dir} --history {shlex.quote(','.join(history))} --k {k}",

@@ -8,12 +8,16 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
 from conftest import ROOT, run_pipeline
+from remi_tf import cli
 
 # The README's command with a smaller budget and model (a test is cheap).
 FIRST_RUN_FLAGS = ["--dataset", "books-sample", "--max-steps", "300",
@@ -23,8 +27,9 @@ FIRST_RUN_FLAGS = ["--dataset", "books-sample", "--max-steps", "300",
 # of Abseil's ("W0000 00:00:1795756281.916481  13250 file.cc:699] ...").
 CPP_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |"
                           r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ )", re.MULTILINE)
+# C++ messages, and Python-side TensorFlow warnings the old code printed.
 NOISE = ("cuInit", "PredictCost", "oneDNN", "absl::InitializeLog",
-         "WARNING:tensorflow")
+         "WARNING:tensorflow", "retracing", "BackupAndRestore")
 
 
 def assert_quiet(stderr):
@@ -35,7 +40,8 @@ def assert_quiet(stderr):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-  """(train.py's process, its cache, the printed recommend command)."""
+  """(train.py's process, the folder of its run/, export/ and cache/, the
+  commands it printed: serve, curl, recommend)."""
   root = tmp_path_factory.mktemp("first-run")
   with pytest.MonkeyPatch.context() as patch:
     patch.delenv("TF_CPP_MIN_LOG_LEVEL")  # as on a new user's machine
@@ -81,30 +87,84 @@ def test_first_run_prints_how_to_serve_and_query(first_run):
   assert_quiet(process.stderr)
 
 
-@pytest.mark.parametrize("flags, environment", [
-    (["--verbose"], {"TF_CPP_MIN_LOG_LEVEL": "3"}),  # --verbose wins
-    ([], {"TF_CPP_MIN_LOG_LEVEL": "0"}),  # the user's setting is kept
-])
-def test_tensorflow_logs_when_asked(first_run, flags, environment):
-  _, root, commands = first_run
-  argv = shlex.split(commands[-1]) + flags
-  answer = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+def test_printed_service_query_works(first_run):
+  _, _, commands = first_run
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  # The serve command as printed, on a free port instead of 8000.
+  server = subprocess.Popen(shlex.split(commands[0]) + ["--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  try:
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+      assert server.poll() is None, server.stderr.read()[-3000:]
+      try:
+        httpx.get(f"{base}/healthz", timeout=1.0)
+        break
+      except httpx.HTTPError:
+        assert time.time() < deadline
+        time.sleep(0.3)
+    # The curl query as printed: its URL path, header and body.
+    curl = shlex.split(commands[1])
+    assert curl[2] == "localhost:8000/v1/recommend"
+    name, value = curl[curl.index("-H") + 1].split(": ")
+    body = curl[curl.index("-d") + 1]
+    answer = httpx.post(f"{base}/v1/recommend", content=body,
+                        headers={name: value}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["items"]) == json.loads(body)["k"]
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_verbose_shows_tensorflow_logs(first_run):
+  _, _, commands = first_run
+  # Even over a quiet level the user set: --verbose is the explicit ask.
+  answer = subprocess.run(shlex.split(commands[-1]) + ["--verbose"],
+                          capture_output=True, text=True, cwd=ROOT,
                           timeout=300, check=True,
-                          env={**os.environ, **environment})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
   assert len(json.loads(answer.stdout)["items"]) == 10
   assert CPP_LOG_LINE.search(answer.stderr), answer.stderr[-2000:]
+
+
+@pytest.mark.parametrize("level", ["0", "1"])
+def test_a_level_the_user_set_is_kept(level):
+  reported = subprocess.run(
+      [sys.executable, "-c", "import os, remi_tf; "
+       "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"],
+      capture_output=True, text=True, cwd=ROOT, check=True,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": level})
+  assert reported.stdout.strip() == level
 
 
 @pytest.mark.parametrize("script", sorted(
     os.path.basename(path)
     for path in glob.glob(os.path.join(ROOT, "pipelines", "*.py"))))
 def test_every_pipeline_has_verbose(script, monkeypatch, capsys):
-  # Importing a pipeline reads --verbose from sys.argv: give it none.
-  monkeypatch.setattr(sys, "argv", [script])
-  spec = importlib.util.spec_from_file_location(
-      f"pipeline_{script[:-3]}", os.path.join(ROOT, "pipelines", script))
+  path = os.path.join(ROOT, "pipelines", script)
+  with open(path) as source:
+    lines = source.read().splitlines()
+  # TensorFlow reads its C++ log level once, when it loads: the pipeline
+  # configures logging before importing anything else of the package.
+  configure = next(number for number, line in enumerate(lines)
+                   if line.startswith("cli.configure_logging("))
+  imports = [number for number, line in enumerate(lines)
+             if re.match(r"(from remi_tf|import tensorflow)", line)
+             and line.split()[:4] != ["from", "remi_tf", "import", "cli"]]
+  assert imports and configure < min(imports)
+  calls = []
+  monkeypatch.setattr(cli, "configure_logging",
+                      lambda argv=None: calls.append(argv))
+  spec = importlib.util.spec_from_file_location(f"pipeline_{script[:-3]}",
+                                                path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  assert calls == [None]
   with pytest.raises(SystemExit) as exit_info:
     module.main(["--help"])
   assert exit_info.value.code == 0

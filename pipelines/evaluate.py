@@ -18,6 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import export_evaluation, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -35,6 +37,7 @@ def main(argv=None) -> int:
                       "the raw file the export was trained on")
   parser.add_argument("--split", choices=("valid", "test"), default="test")
   parser.add_argument("--cache-dir", help="downloads and preprocessed data")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   if args.run and (args.version is not None or args.raw_file):
     parser.error("--version and --raw-file go with --model-dir")

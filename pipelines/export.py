@@ -13,6 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import layout, runs  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -23,6 +25,7 @@ def main(argv=None) -> int:
   parser.add_argument("--run", required=True, help="a finished run folder")
   parser.add_argument("--export-dir", help="default saved_models/<dataset>")
   parser.add_argument("--cache-dir", help="downloads and preprocessed data")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   config_path = os.path.join(args.run, "config.json")
   if not os.path.isfile(config_path):

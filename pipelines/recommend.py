@@ -13,6 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import serving  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -27,6 +29,7 @@ def main(argv=None) -> int:
                       help="allow items of the history in the answer")
   parser.add_argument("--version", type=int,
                       help="the export version (default the newest)")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   try:
     recommender = serving.Recommender(serving.load_artifacts(

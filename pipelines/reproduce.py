@@ -15,6 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import config, report  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=config.TrainConfig.seed)
   parser.add_argument("--output", help="default reports/<dataset>")
   parser.add_argument("--cache-dir")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("remi_tf").setLevel(logging.INFO)

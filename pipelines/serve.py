@@ -11,6 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import serving  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -26,6 +28,7 @@ def main(argv=None) -> int:
                       help="largest k a request may ask for")
   parser.add_argument("--version", type=int,
                       help="the export version to serve (default the newest)")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   try:
     artifacts = serving.load_artifacts(args.model_dir, args.tf_serving_url,

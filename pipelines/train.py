@@ -17,6 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
+cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import config, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -73,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--no-export", action="store_true")
   parser.add_argument("--cache-dir", help="downloads and preprocessed data "
                       "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
+  cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -111,6 +114,8 @@ def train(args: argparse.Namespace) -> int:
   print(json.dumps({key: metrics[key] for key in
                     ("dataset", "valid", "test", "steps", "train_seconds",
                      "samples_per_second")}, indent=2))
+  if export_dir is not None:
+    print(cli.how_to_serve(export_dir))
   return 0
 
 

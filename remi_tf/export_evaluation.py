@@ -106,12 +106,16 @@ def evaluate_export(model_dir: str, split: str = "test",
   try:
     embeddings = np.load(os.path.join(index_dir, layout.EMBEDDINGS))
     raw_ids = np.load(os.path.join(index_dir, layout.RAW_IDS))
-    serve = tf.saved_model.load(tower_dir).signatures["serving_default"]
-  except Exception as error:  # numpy and TensorFlow raise many types
-    raise layout.ModelFolderError(
-        f"{model_dir} version {version} is unreadable: "
-        f"{type(error).__name__}: {error}") from None
+  except (OSError, ValueError) as error:
+    raise layout.ModelFolderError(f"{index_dir} is unreadable: {error}"
+                                  ) from None
   dataset = dataset_of_export(metadata, raw_ids, raw_file, cache_dir)
+  try:
+    serve = tf.saved_model.load(tower_dir).signatures["serving_default"]
+  except Exception as error:  # TensorFlow raises many types on bad files
+    raise layout.ModelFolderError(
+        f"{tower_dir} is not a loadable SavedModel: "
+        f"{type(error).__name__}: {error}") from None
   examples = evaluation_examples(getattr(dataset, split),
                                  int(metadata["seq_len"]))
   raw = np.concatenate([[""], raw_ids.astype(str)])

@@ -4,7 +4,6 @@ exactly as an uninterrupted run of the same seed in another process; exact
 step counts; the same command finds the run and leaves a complete one
 alone."""
 
-import csv
 import glob
 import json
 import os
@@ -13,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS
+from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS, run_pipeline
 from remi_tf import layout, runs, training
 
 # Wall-clock figures differ between any two runs.
@@ -26,26 +25,25 @@ def _without_wall_clock(record):
 
 
 def _history(run_dir):
-  with open(os.path.join(run_dir, training.HISTORY_FILE), newline="") as rows:
-    return [_without_wall_clock(row) for row in csv.DictReader(rows)]
+  return [_without_wall_clock(row)
+          for row in training.read_history(str(run_dir))]
 
 
-def _train(flags, cache, crash_at=None):
+def _train(flags, cache, monkeypatch, crash_at=None):
   """train.py with `flags`; with `crash_at`, it must die of SIGKILL there."""
-  env = {**os.environ, "REMI_TF_HOME": str(cache)}
-  env.pop(training.CRASH_AT, None)
   if crash_at:
-    env[training.CRASH_AT] = crash_at
-  process = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "pipelines", "train.py"), *flags],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    monkeypatch.setenv(training.CRASH_AT, crash_at)
+  else:
+    monkeypatch.delenv(training.CRASH_AT, raising=False)
+  process = run_pipeline("train.py", *flags, cache_dir=cache, check=False)
   expected = -signal.SIGKILL if crash_at else 0
   assert process.returncode == expected, process.stderr[-3000:]
   return process
 
 
-def _kill_once_export_is_staged(flags, cache, export_dir):
+def _kill_once_export_is_staged(flags, cache, export_dir, monkeypatch):
   """train.py with `flags`, SIGKILLed as soon as its export is staged."""
+  monkeypatch.delenv(training.CRASH_AT, raising=False)
   process = subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "pipelines", "train.py"), *flags],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
@@ -59,34 +57,34 @@ def _kill_once_export_is_staged(flags, cache, export_dir):
   process.wait()
 
 
-def test_run_killed_in_every_phase_ends_as_an_uninterrupted_run(tiny_run,
-                                                                 tmp_path):
+def test_run_killed_in_every_phase_ends_as_an_uninterrupted_run(
+    tiny_run, tmp_path, monkeypatch):
   reference_dir, _, cache = tiny_run
   run_dir, export_dir = tmp_path / "run", tmp_path / "export"
   flags = [*TINY_RUN_FLAGS, "--output", str(run_dir),
            "--export-dir", str(export_dir)]
 
   # Training: interval 2 validated and logged, killed before its backup.
-  _train(flags, cache, crash_at="backup-2")
+  _train(flags, cache, monkeypatch, crash_at="backup-2")
   assert len(_history(run_dir)) == 2
   # Training: all 3 intervals trained (interval 2 again, from the backup of
   # interval 1: its row is not logged twice), killed before it is recorded.
-  _train(flags, cache, crash_at="trained")
-  assert [row["epoch"] for row in _history(run_dir)] == ["0", "1", "2"]
+  _train(flags, cache, monkeypatch, crash_at="trained")
+  assert [row["epoch"] for row in _history(run_dir)] == [0, 1, 2]
   assert not (run_dir / training.TRAINING_FILE).exists()
   # Final evaluation: computed, killed before metrics.json.
-  _train(flags, cache, crash_at="tested")
+  _train(flags, cache, monkeypatch, crash_at="tested")
   assert (run_dir / training.TRAINING_FILE).exists()
   assert not (run_dir / training.BACKUP_DIR).exists()
   assert not (run_dir / training.METRICS_FILE).exists()
   # Export: killed while it is being written.
-  _kill_once_export_is_staged(flags, cache, export_dir)
+  _kill_once_export_is_staged(flags, cache, export_dir, monkeypatch)
   assert layout.complete_versions(str(export_dir)) == []
   # Export: published, killed before the run returned.
-  _train(flags, cache, crash_at="exported")
+  _train(flags, cache, monkeypatch, crash_at="exported")
   # Complete: the same command says so and changes nothing.
   metrics_written = os.path.getmtime(run_dir / training.METRICS_FILE)
-  finished = _train(flags, cache)
+  finished = _train(flags, cache, monkeypatch)
   assert "is complete" in finished.stdout
   assert os.path.getmtime(run_dir / training.METRICS_FILE) == metrics_written
 

@@ -20,6 +20,9 @@ DATASET_DEFAULTS = {
     "retailrocket": DatasetDefaults(seq_len=20, threshold=5, beta=0.1),
     "amazon-books": DatasetDefaults(seq_len=20, threshold=5, beta=10.0),
     "movielens-1m": DatasetDefaults(seq_len=20, threshold=5, beta=1.0),
+    # ComiRec's protocol for Taobao (clicks only, sequences of 50); beta 1,
+    # as the REMI code gives no Taobao value that could be checked here.
+    "taobao": DatasetDefaults(seq_len=50, threshold=5, beta=1.0),
     # The Books sample shipped with the package (data/books_sample.py). Beta
     # 1, not Books' 10: in a short run on it, 10 peaks early and declines.
     "books-sample": DatasetDefaults(seq_len=20, threshold=5, beta=1.0),

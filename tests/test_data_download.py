@@ -213,8 +213,8 @@ def test_download_and_reuse(server, download_dir):
   # Found in the download directory, not fetched again.
   assert download.fetch("gowalla", gowalla_source(url), download_dir) == path
   assert server.requests == ["/gowalla.txt.gz"]
-  assert registry.source("gowalla").read(path)["user"].tolist() == (
-      ["0"] * 4 + ["1"] * 3 + ["2"])
+  log = registry.source("gowalla").read(path)
+  assert [user for user, _, _ in log.rows()] == ["0"] * 4 + ["1"] * 3 + ["2"]
 
 
 def test_download_extracts_archive_member(server, download_dir):

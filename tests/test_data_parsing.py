@@ -11,8 +11,8 @@ import pytest
 
 from conftest import FIXTURES
 from remi_tf import config
-from remi_tf.data import (DATASETS, RawFormatError, books_sample,
-                          load_dataset, registry)
+from remi_tf.data import (DATASETS, RawFormatError, amazon_books,
+                          books_sample, load_dataset, parsing, registry)
 
 RAW = os.path.join(FIXTURES, "raw")
 
@@ -31,18 +31,23 @@ def utc(text):
 
 
 def rows(log):
-  """The log as [(user, item, timestamp)], checking the log's layout."""
-  assert list(log.columns) == ["user", "item", "timestamp"]
-  assert log["timestamp"].dtype == np.int64
-  for column in ("user", "item"):
-    assert all(isinstance(value, str) for value in log[column]), column
-  return [(user, item, int(stamp)) for user, item, stamp in
-          zip(log["user"], log["item"], log["timestamp"])]
+  """The log as [(user, item, timestamp)], checking the log's layout:
+  integer codes into vocabularies of distinct str ids, numbered in order
+  of first appearance."""
+  assert log.user_codes.dtype == log.item_codes.dtype == np.int32
+  assert log.timestamps.dtype == np.int64
+  for codes, vocab in ((log.user_codes, log.user_vocab),
+                       (log.item_codes, log.item_vocab)):
+    assert vocab.dtype.kind == "U"
+    assert len(set(vocab.tolist())) == len(vocab)
+    _, first = np.unique(codes, return_index=True)
+    assert np.array_equal(codes[np.sort(first)], np.arange(len(vocab)))
+  return log.rows()
 
 
 def test_registry_knows_every_dataset():
   assert set(DATASETS) == {"gowalla", "retailrocket", "amazon-books",
-                           "movielens-1m", "books-sample", "csv"}
+                           "taobao", "movielens-1m", "books-sample", "csv"}
   assert set(DATASETS) == set(registry.SOURCES)
   assert set(DATASETS) == set(config.DATASET_DEFAULTS)
 
@@ -96,9 +101,9 @@ def test_gowalla(filename):
   # Every check-in, repeats included, in file order; time in unix seconds.
   assert rows(log) == [(user, location, utc(when))
                        for user, when, location in GOWALLA_LINES]
-  assert log["timestamp"].iloc[0] == 1287532527  # 2010-10-19T23:55:27Z
+  assert log.timestamps[0] == 1287532527  # 2010-10-19T23:55:27Z
   # Check-ins 8 seconds apart stay distinct (second resolution).
-  assert log["timestamp"].iloc[4] - log["timestamp"].iloc[5] == 8
+  assert log.timestamps[4] - log.timestamps[5] == 8
 
 
 def test_retailrocket_keeps_views_in_seconds():
@@ -126,6 +131,55 @@ def test_amazon_books(filename):
       ("A10000012B7CGYKOMPQ4L", "0001055178", 1355616000),
       ("A1BM81XB4QHOA3", "0001055178", 1390003200),
   ]
+
+
+def test_taobao_keeps_clicks():
+  log = read("taobao", raw("UserBehavior.csv"))
+  # Only pv (click) rows, in file order; buy, cart and fav rows are dropped;
+  # the category is ignored; a repeated click counts again.
+  assert rows(log) == [
+      ("1", "2268318", 1511544070),
+      ("1", "2333346", 1511561733),
+      ("100", "2576651", 1511572885),
+      ("1", "2268318", 1511561733),
+      ("1000014", "2576651", 1511751023),
+  ]
+
+
+def test_taobao_needs_a_manual_download():
+  spec = registry.source("taobao")
+  assert spec.url is None
+  assert "UserBehavior.csv" in spec.manual and "login" in spec.manual
+
+
+@pytest.mark.parametrize("dataset,filename", [
+    ("taobao", "UserBehavior.csv"), ("gowalla", "gowalla.txt.gz"),
+    ("retailrocket", "events.csv"), ("amazon-books", "reviews_Books_5.json"),
+    ("movielens-1m", "ratings.dat"), ("csv", "log.csv")])
+def test_chunks_make_the_same_log(monkeypatch, dataset, filename):
+  whole = read(dataset, raw(filename))
+  monkeypatch.setattr(parsing, "CHUNK_LINES", 2)
+  monkeypatch.setattr(amazon_books, "_BLOCK_BYTES", 300)
+  chunked = read(dataset, raw(filename))
+  assert rows(chunked) == rows(whole)
+  assert np.array_equal(chunked.user_vocab, whole.user_vocab)
+  assert np.array_equal(chunked.item_vocab, whole.item_vocab)
+
+
+@pytest.mark.parametrize("dataset,filename,line,word", [
+    ("taobao", "UserBehavior_bad_timestamp.csv", 6, "timestamp"),
+    ("taobao", "UserBehavior_too_many_fields.csv", 5, "malformed"),
+    ("gowalla", "gowalla_bad_time.txt", 4, "time"),
+    ("amazon-books", "reviews_missing_time.json", 4, "unixReviewTime"),
+    ("csv", "log_bad_timestamp.csv", 4, "timestamp"),
+])
+def test_chunks_keep_line_numbers(monkeypatch, dataset, filename, line, word):
+  monkeypatch.setattr(parsing, "CHUNK_LINES", 2)
+  monkeypatch.setattr(amazon_books, "_BLOCK_BYTES", 300)
+  path = raw(filename)
+  with pytest.raises(RawFormatError) as error:
+    read(dataset, path)
+  assert_names_line(error.value, path, line, word)
 
 
 def test_movielens_every_rating_counts():
@@ -188,6 +242,11 @@ MALFORMED = [
     ("amazon-books", "reviews_no_time_anywhere.json", 1, "unixReviewTime"),
     ("amazon-books", "reviews_broken_json.json", 3, "JSON"),
     ("amazon-books", "reviews_bad_time.json", 2, "unixReviewTime"),
+    ("taobao", "UserBehavior_too_few_fields.csv", 3, "timestamp"),
+    ("taobao", "UserBehavior_too_many_fields.csv", 5, "malformed"),
+    ("taobao", "UserBehavior_bad_user.csv", 2, "user"),
+    ("taobao", "UserBehavior_bad_item.csv", 4, "item"),
+    ("taobao", "UserBehavior_bad_timestamp.csv", 6, "timestamp"),
     ("movielens-1m", "ratings_too_few_fields.dat", 3, ""),
     ("movielens-1m", "ratings_too_many_fields.dat", 4, "malformed"),
     ("movielens-1m", "ratings_bad_movie.dat", 2, "movie"),
@@ -219,6 +278,7 @@ def test_malformed_line_is_named(dataset, filename, line, word):
 @pytest.mark.parametrize("dataset,filename,line,word", [
     ("gowalla", "gowalla_bad_time.txt", 4, "time"),
     ("gowalla", "gowalla_too_many_fields.txt", 4, "malformed"),
+    ("taobao", "UserBehavior_bad_item.csv", 4, "item"),
     ("amazon-books", "reviews_broken_json.json", 3, "JSON"),
     ("amazon-books", "reviews_missing_asin.json", 3, "asin"),
     ("movielens-1m", "ratings_bad_movie.dat", 2, "movie"),

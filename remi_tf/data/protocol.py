@@ -22,9 +22,9 @@ import random
 from typing import Dict
 
 import numpy as np
-import pandas as pd
 
 from remi_tf import config
+from remi_tf.data.parsing import InteractionLog
 
 
 class EmptyDatasetError(ValueError):
@@ -105,12 +105,13 @@ class ProcessedDataset:
     return len(self.item_vocab)
 
 
-def preprocess(log: pd.DataFrame, threshold: int,
+def preprocess(log: InteractionLog, threshold: int,
                seed: int = config.SPLIT_SEED) -> ProcessedDataset:
   """Applies the protocol to an interaction log.
 
   Args:
-    log: columns user, item (str) and timestamp (int), in file order.
+    log: the interactions in file order; its vocabularies are in order of
+      first appearance, which the item numbering and the split rely on.
     threshold: minimum interactions of a kept item and of a kept user.
     seed: seed of the user shuffle (Python's `random`, as the reference).
 
@@ -123,7 +124,7 @@ def preprocess(log: pd.DataFrame, threshold: int,
   """
   if threshold < 1:
     raise ValueError(f"threshold must be >= 1, got {threshold}")
-  item_codes, raw_items = pd.factorize(log["item"], sort=False)
+  item_codes, raw_items = log.item_codes, log.item_vocab
   counts = np.bincount(item_codes, minlength=len(raw_items))
   by_popularity = np.argsort(-counts, kind="stable")
   num_kept = int(np.sum(counts >= threshold))
@@ -137,7 +138,7 @@ def preprocess(log: pd.DataFrame, threshold: int,
 
   item_ids = new_id[item_codes]
   on_kept = item_ids > 0
-  user_codes, raw_users = pd.factorize(log["user"], sort=False)
+  user_codes, raw_users = log.user_codes, log.user_vocab
   kept_per_user = np.bincount(user_codes[on_kept], minlength=len(raw_users))
   kept_users = np.flatnonzero(kept_per_user >= threshold)
   if len(kept_users) < 10:
@@ -152,7 +153,7 @@ def preprocess(log: pd.DataFrame, threshold: int,
   first_valid = int(len(shuffled) * config.TRAIN_FRACTION)
   first_test = int(len(shuffled) *
                    (config.TRAIN_FRACTION + config.VALID_FRACTION))
-  timestamps = log["timestamp"].to_numpy()
+  timestamps = log.timestamps
   splits = [
       _user_sequences(users, user_codes, item_ids, timestamps, raw_users)
       for users in (shuffled[:first_valid], shuffled[first_valid:first_test],
@@ -172,7 +173,7 @@ def preprocess(log: pd.DataFrame, threshold: int,
       "threshold": int(threshold),
   }
   return ProcessedDataset(
-      item_vocab=np.asarray(raw_items[by_popularity[:num_kept]]).astype(str),
+      item_vocab=_narrowest(raw_items[by_popularity[:num_kept]]),
       item_counts=item_counts, train=splits[0], valid=splits[1],
       test=splits[2], stats=stats)
 
@@ -190,4 +191,10 @@ def _user_sequences(users: np.ndarray, user_codes: np.ndarray,
   offsets = np.zeros(len(users) + 1, dtype=np.int64)
   np.cumsum(lengths, out=offsets[1:])
   return UserSequences(offsets=offsets, items=item_ids[rows].astype(np.int32),
-                       users=np.asarray(raw_users[users]).astype(str))
+                       users=_narrowest(raw_users[users]))
+
+
+def _narrowest(strings: np.ndarray) -> np.ndarray:
+  """The strings as a numpy str array as wide as its longest one (a
+  vocabulary's slice keeps the width of the whole vocabulary)."""
+  return np.array(strings.tolist(), dtype=str)

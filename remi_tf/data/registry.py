@@ -3,10 +3,9 @@
 import dataclasses
 from typing import Callable, Optional
 
-import pandas as pd
-
 from remi_tf.data import (amazon_books, books_sample, csv_log, gowalla,
-                          movielens, retailrocket)
+                          movielens, retailrocket, taobao)
+from remi_tf.data.parsing import InteractionLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +21,7 @@ class DatasetSource:
       download), if any.
   """
 
-  read: Callable[[str], pd.DataFrame]
+  read: Callable[[str], InteractionLog]
   url: Optional[str]
   archive_member: Optional[str] = None
   manual: Optional[str] = None
@@ -36,6 +35,10 @@ SOURCES = {
         manual=("RetailRocket is on Kaggle behind a login: download "
                 f"events.csv from {retailrocket.URL}")),
     "amazon-books": DatasetSource(amazon_books.read, amazon_books.URL),
+    "taobao": DatasetSource(
+        taobao.read, None,
+        manual=("Taobao is on Tianchi behind a login: download "
+                f"UserBehavior.csv from {taobao.URL}")),
     "movielens-1m": DatasetSource(movielens.read, movielens.URL,
                                   archive_member=movielens.MEMBER),
     "books-sample": DatasetSource(csv_log.read, None,

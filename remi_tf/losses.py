@@ -108,13 +108,20 @@ def routing_regularization(routing: tf.Tensor, embedding_dim: int) -> tf.Tensor:
 def routing_diagnostics(routing: tf.Tensor) -> Dict[str, tf.Tensor]:
   """How concentrated the routing is; collapse shows as max weight near 1.
 
+  Each interest's weights are first normalised to sum to 1: capsule routing
+  (ComiRec-DR, MIND) zeroes padding without renormalising, as the reference,
+  so its rows sum to less than 1 on short histories.
+
   Args:
     routing: float [B, K, n], each interest's weights over positions.
 
   Returns:
     `routing_max_weight`: mean over users and interests of the largest
-    weight; `routing_entropy`: mean entropy (nats) of each interest's weights.
+    normalised weight; `routing_entropy`: mean entropy (nats) of each
+    interest's normalised weights.
   """
+  routing = tf.math.divide_no_nan(
+      routing, tf.reduce_sum(routing, axis=2, keepdims=True))
   entropy = -tf.reduce_sum(
       tf.math.multiply_no_nan(tf.math.log(routing), routing), axis=2)
   return {

@@ -231,3 +231,15 @@ def test_routing_diagnostics_separate_spread_from_collapse():
   np.testing.assert_allclose(spread["routing_entropy"], np.log(n), rtol=1e-6)
   np.testing.assert_allclose(peaked["routing_max_weight"], 1.0)
   np.testing.assert_allclose(peaked["routing_entropy"], 0.0, atol=1e-7)
+
+
+def test_routing_diagnostics_read_capsule_routing_over_the_real_items():
+  # Capsule routing of a 5-of-20 history: 0.05 on each real item (sum 0.25,
+  # padding 0, as the reference), i.e. uniform over the 5 real items.
+  capsule = np.zeros((1, 2, 20), np.float32)
+  capsule[..., :5] = 0.05
+  diagnostics = losses.routing_diagnostics(tf.constant(capsule))
+  np.testing.assert_allclose(diagnostics["routing_max_weight"], 0.2,
+                             rtol=1e-6)
+  np.testing.assert_allclose(diagnostics["routing_entropy"], np.log(5),
+                             rtol=1e-6)

@@ -5,12 +5,15 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from conftest import FIXTURES, GOWALLA_SLICE, ROOT, run_pipeline
-from remi_tf import cli
-from remi_tf.data import load_dataset, registry
+from remi_tf import cli, config
+from remi_tf.data import load_dataset, preprocess, registry
 
 
 @pytest.fixture(name="prepare", scope="module")
@@ -72,3 +75,53 @@ def test_bad_input_is_one_line_exit_2(prepare, tmp_path, capsys, flags,
   for word in words:
     assert word in line
   assert not os.path.exists(tmp_path / "preprocessed")
+
+
+@pytest.fixture(name="scale", scope="module")
+def fixture_scale():
+  """benchmarks/scale.py as a module (its writers; main is not run)."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmark_scale", os.path.join(ROOT, "benchmarks", "scale.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("dataset", ["amazon-books", "gowalla",
+                                     "retailrocket", "taobao"])
+def test_synthetic_raw_files_keep_the_real_survivors(scale, tmp_path,
+                                                     dataset):
+  rows = 6000
+  path = scale.write_raw_file(dataset, rows, str(tmp_path), seed=3)
+  assert os.listdir(tmp_path) == [scale.SHAPES[dataset].file_name]
+  log = registry.source(dataset).read(path)  # the real format's parser
+  sizes = scale.scaled_sizes(scale.SHAPES[dataset], rows)
+  assert len(log) == sizes["click_rows"]
+  assert len(log.user_vocab) == sizes["raw_users"]
+  processed = preprocess(log, threshold=config.DATASET_DEFAULTS[
+      dataset].threshold)
+  assert processed.stats["users"] == sizes["users"]
+  assert processed.stats["items"] == sizes["items"]
+  # Heavy-tailed popularity: the top 1% of the kept items take several
+  # times their share of the interactions.
+  counts = np.sort(processed.item_counts[1:])[::-1]
+  top = max(1, len(counts) // 100)
+  assert counts[:top].sum() / counts.sum() > 3 * top / len(counts)
+  # Seeded: the same file again.
+  again = scale.write_raw_file(dataset, rows, str(tmp_path / "again"), seed=3)
+  with open(path, "rb") as first, open(again, "rb") as second:
+    assert first.read() == second.read()
+
+
+def test_scale_benchmark_prints_prepare_figures(tmp_path):
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "scale.py"),
+       "--dataset", "taobao", "--rows", "3000", "--out", str(tmp_path)],
+      capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
+  (line,) = process.stdout.splitlines()
+  result = json.loads(line)
+  assert result["rows"] == 3000
+  assert result["prepare"]["users"] == result["built_to_keep"]["users"]
+  assert result["prepare"]["items"] == result["built_to_keep"]["items"]
+  assert result["prepare_peak_rss_mb"] > 0
+  assert result["targets"] == {}  # checked at the real size only

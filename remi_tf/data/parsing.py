@@ -18,8 +18,8 @@ import pandas as pd
 
 LOG_COLUMNS = ("user", "item", "timestamp")
 # Lines per chunk: large enough that per-chunk overhead is small, small
-# enough that a chunk of raw strings stays well under 1 GB.
-CHUNK_LINES = 2_000_000
+# enough that a chunk of raw strings stays near 100 MB.
+CHUNK_LINES = 500_000
 
 
 class RawFormatError(ValueError):

@@ -7,12 +7,14 @@ import shutil
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from conftest import FIXTURES
 from remi_tf import config
-from remi_tf.data import (DATASETS, RawFormatError, amazon_books,
-                          books_sample, load_dataset, parsing, registry)
+from remi_tf.data import (DATASETS, RawFormatError, books_sample, csv_log,
+                          gowalla, load_dataset, parsing, registry,
+                          retailrocket, taobao)
 
 RAW = os.path.join(FIXTURES, "raw")
 
@@ -159,7 +161,9 @@ def test_taobao_needs_a_manual_download():
 def test_chunks_make_the_same_log(monkeypatch, dataset, filename):
   whole = read(dataset, raw(filename))
   monkeypatch.setattr(parsing, "CHUNK_LINES", 2)
-  monkeypatch.setattr(amazon_books, "_BLOCK_BYTES", 300)
+  # Lines are under 300 bytes (Amazon's) or 64 (the others').
+  monkeypatch.setattr(parsing, "BLOCK_BYTES",
+                      300 if dataset == "amazon-books" else 64)
   chunked = read(dataset, raw(filename))
   assert rows(chunked) == rows(whole)
   assert np.array_equal(chunked.user_vocab, whole.user_vocab)
@@ -175,11 +179,35 @@ def test_chunks_make_the_same_log(monkeypatch, dataset, filename):
 ])
 def test_chunks_keep_line_numbers(monkeypatch, dataset, filename, line, word):
   monkeypatch.setattr(parsing, "CHUNK_LINES", 2)
-  monkeypatch.setattr(amazon_books, "_BLOCK_BYTES", 300)
+  monkeypatch.setattr(parsing, "BLOCK_BYTES", 300)
   path = raw(filename)
   with pytest.raises(RawFormatError) as error:
     read(dataset, path)
   assert_names_line(error.value, path, line, word)
+
+
+@pytest.mark.parametrize("module,filename", [
+    (taobao, "UserBehavior.csv"), (gowalla, "gowalla.txt"),
+    (gowalla, "gowalla.txt.gz"), (retailrocket, "events.csv"),
+    (csv_log, "log.csv"), (csv_log, "log.csv.gz")])
+def test_fast_and_careful_readers_agree(monkeypatch, module, filename):
+  # Good files take the fast (pyarrow) reader, in several blocks; the
+  # careful (pandas) one, which names bad lines, reads them the same.
+  monkeypatch.setattr(parsing, "BLOCK_BYTES", 64)
+  fast = parsing._read_fast(raw(filename), module.FORMAT)  # pylint: disable=protected-access
+  careful = parsing._read_careful(raw(filename), module.FORMAT)  # pylint: disable=protected-access
+  assert rows(fast) == rows(careful)
+  assert np.array_equal(fast.user_vocab, careful.user_vocab)
+  assert np.array_equal(fast.item_vocab, careful.item_vocab)
+
+
+@pytest.mark.parametrize("filename", [
+    "UserBehavior_too_few_fields.csv", "UserBehavior_too_many_fields.csv",
+    "UserBehavior_bad_user.csv", "UserBehavior_bad_item.csv",
+    "UserBehavior_bad_timestamp.csv"])
+def test_fast_reader_leaves_bad_lines_to_the_careful_one(filename):
+  with pytest.raises((parsing._Unvouched, pa.ArrowException)):  # pylint: disable=protected-access
+    parsing._read_fast(raw(filename), taobao.FORMAT)  # pylint: disable=protected-access
 
 
 def test_movielens_every_rating_counts():

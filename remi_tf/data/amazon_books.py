@@ -4,7 +4,7 @@ One JSON object a line; the fields used are `reviewerID`, `asin` and
 `unixReviewTime` (an integer). The file is streamed through pyarrow's JSON
 reader in blocks, keeping only those three fields, so the review texts are
 never held. The reader keeps a bounded number of blocks in flight (a few
-dozen): 8 MB blocks hold that to about 300 MB, and reading a 9 GB file
+dozen): `parsing.BLOCK_BYTES` of 8 MB hold that to about 300 MB, and reading a 9 GB file
 (the real one's size, 8.9M reviews) peaks near 1 GB in all. pyarrow's
 errors do not name lines; on one, the file is scanned line by line to name
 the first bad line.
@@ -23,7 +23,6 @@ URL = ("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
 FIELDS = ("reviewerID", "asin", "unixReviewTime")
 _SCHEMA = pa.schema([("reviewerID", pa.string()), ("asin", pa.string()),
                      ("unixReviewTime", pa.int64())])
-_BLOCK_BYTES = 8 << 20
 
 
 def read(path: str) -> parsing.InteractionLog:
@@ -32,7 +31,8 @@ def read(path: str) -> parsing.InteractionLog:
   try:
     with pa.input_stream(path, compression="detect") as stream:
       reader = pa_json.open_json(
-          stream, read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES),
+          stream, read_options=pa_json.ReadOptions(
+              block_size=parsing.BLOCK_BYTES),
           parse_options=pa_json.ParseOptions(
               explicit_schema=_SCHEMA, unexpected_field_behavior="ignore"))
       for batch in reader:

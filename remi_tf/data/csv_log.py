@@ -10,11 +10,11 @@ URL = None
 COLUMNS = ("user_id", "item_id", "timestamp")
 
 
+FORMAT = parsing.DelimitedFormat(
+    names=COLUMNS, sep=",", header=True, user="user_id", item="item_id",
+    timestamp="timestamp", integers=("timestamp",), required=COLUMNS)
+
+
 def read(path: str) -> parsing.InteractionLog:
   """Reads the CSV into an interaction log."""
-  log = parsing.LogBuilder()
-  for frame in parsing.read_delimited(path, sep=",", names=COLUMNS,
-                                      header=True, usecols=COLUMNS):
-    seconds = parsing.to_int64(frame["timestamp"], path, "timestamp")
-    log.add(frame["user_id"], frame["item_id"], seconds)
-  return log.build()
+  return parsing.read_delimited_log(path, FORMAT)

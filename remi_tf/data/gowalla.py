@@ -11,14 +11,12 @@ URL = "https://snap.stanford.edu/data/loc-gowalla_totalCheckins.txt.gz"
 COLUMNS = ("user", "time", "latitude", "longitude", "location")
 
 
+FORMAT = parsing.DelimitedFormat(
+    names=COLUMNS, sep="\t", header=False, user="user", item="location",
+    timestamp="time", integers=("user", "location"),
+    time_format="%Y-%m-%dT%H:%M:%SZ")
+
+
 def read(path: str) -> parsing.InteractionLog:
   """Reads the raw check-in file into an interaction log (user, item, time)."""
-  log = parsing.LogBuilder()
-  for frame in parsing.read_delimited(path, sep="\t", names=COLUMNS,
-                                      header=False):
-    parsing.to_int64(frame["user"], path, "user")
-    parsing.to_int64(frame["location"], path, "location")
-    seconds = parsing.to_epoch_seconds(frame["time"], path, "time",
-                                       "%Y-%m-%dT%H:%M:%SZ")
-    log.add(frame["user"], frame["location"], seconds)
-  return log.build()
+  return parsing.read_delimited_log(path, FORMAT)

@@ -10,13 +10,12 @@ MEMBER = "ml-1m/ratings.dat"
 COLUMNS = ("user", "movie", "rating", "timestamp")
 
 
+FORMAT = parsing.DelimitedFormat(
+    names=COLUMNS, sep="::", header=False, user="user", item="movie",
+    timestamp="timestamp", integers=("user", "movie", "timestamp"),
+    engine="python")
+
+
 def read(path: str) -> parsing.InteractionLog:
   """Reads `ratings.dat` into an interaction log."""
-  log = parsing.LogBuilder()
-  for frame in parsing.read_delimited(path, sep="::", names=COLUMNS,
-                                      header=False, engine="python"):
-    parsing.to_int64(frame["user"], path, "user")
-    parsing.to_int64(frame["movie"], path, "movie")
-    seconds = parsing.to_int64(frame["timestamp"], path, "timestamp")
-    log.add(frame["user"], frame["movie"], seconds)
-  return log.build()
+  return parsing.read_delimited_log(path, FORMAT)

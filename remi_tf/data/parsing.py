@@ -4,22 +4,34 @@ the file and the line, and the interning of raw ids into integer codes.
 Every parser returns an `InteractionLog`: one row per interaction, in file
 order, as integer arrays (user code, item code, timestamp) plus the raw-id
 vocabularies in order of first appearance. Parsers read their file in
-chunks of `CHUNK_LINES` lines and keep only the fields they need, so the
-memory they take grows with the number of interactions and distinct ids,
-not with the size of the raw text.
+chunks and keep only the fields they need, so the memory they take grows
+with the number of interactions and distinct ids, not with the size of the
+raw text.
+
+Delimited formats are declared as a `DelimitedFormat` and read by
+`read_delimited_log`: first by pyarrow's streaming CSV reader (fast, in C++,
+but its errors name no line); if that reader or any check fails, the file
+is read again by pandas in chunks of `CHUNK_LINES` lines, whose errors name
+the file and the line.
 """
 
 import dataclasses
 import re
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 LOG_COLUMNS = ("user", "item", "timestamp")
 # Lines per chunk: large enough that per-chunk overhead is small, small
 # enough that a chunk of raw strings stays near 100 MB.
 CHUNK_LINES = 500_000
+# pyarrow keeps a bounded number of blocks in flight: small blocks keep
+# that to a few hundred MB.
+BLOCK_BYTES = 8 << 20
 
 
 class RawFormatError(ValueError):
@@ -70,15 +82,21 @@ class _Interner:
     self._codes: Dict[str, int] = {}
 
   def codes(self, values) -> np.ndarray:
-    """int32 [len(values)]: the codes of a chunk of raw ids (str)."""
-    local, uniques = pd.factorize(np.asarray(values, dtype=object))
+    """int32 [len(values)]: the codes of a chunk of raw ids (str; a pyarrow
+    array, a pandas Series or anything `pyarrow.array` takes)."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+      values = pa.array(values, type=pa.string())
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+      encoded = encoded.combine_chunks()
     table = self._codes
-    # `uniques` is in order of first appearance within the chunk, so new
-    # ids get their codes in order of first appearance in the file.
+    # The dictionary is in order of first appearance within the chunk, so
+    # new ids get their codes in order of first appearance in the file.
+    uniques = encoded.dictionary.to_pylist()
     known = np.fromiter((table.setdefault(value, len(table))
                          for value in uniques), dtype=np.int32,
                         count=len(uniques))
-    return known[local]
+    return known[encoded.indices.to_numpy(zero_copy_only=False)]
 
   def vocab(self) -> np.ndarray:
     """str [num_ids]: the raw ids, by code."""
@@ -112,6 +130,120 @@ def interaction_log(users, items, timestamps) -> InteractionLog:
   builder = LogBuilder()
   builder.add(users, items, timestamps)
   return builder.build()
+
+
+@dataclasses.dataclass(frozen=True)
+class DelimitedFormat:
+  """A delimited raw format and how its rows become interactions.
+
+  Attributes:
+    names: the columns, in file order.
+    sep: the field separator (the fast reader needs one character).
+    header: whether the first line names the columns.
+    user, item, timestamp: the columns of the user id, the item id and the
+      time.
+    integers: columns that must be integers, checked in this order (the
+      timestamp among them when it is an integer).
+    time_format: the timestamp column's strptime format (UTC), checked
+      after `integers`; None when the timestamp is an integer.
+    timestamp_divisor: integer timestamps are floor-divided by it (e.g.
+      1000 for milliseconds).
+    keep: (column, value): only rows whose column has that value are
+      interactions (checked after every row is).
+    required: the columns that must not be empty (default all).
+    engine: the pandas engine of the careful reader ("python" for a
+      multi-character separator).
+  """
+
+  names: Tuple[str, ...]
+  sep: str
+  header: bool
+  user: str
+  item: str
+  timestamp: str
+  integers: Tuple[str, ...] = ()
+  time_format: Optional[str] = None
+  timestamp_divisor: int = 1
+  keep: Optional[Tuple[str, str]] = None
+  required: Optional[Tuple[str, ...]] = None
+  engine: str = "c"
+
+
+class _Unvouched(Exception):
+  """The fast reader met something it cannot vouch for."""
+
+
+def read_delimited_log(path: str, form: DelimitedFormat) -> InteractionLog:
+  """Reads a delimited raw file into an interaction log.
+
+  Raises:
+    RawFormatError: the file does not follow the format (names the line).
+  """
+  if len(form.sep) == 1:
+    try:
+      return _read_fast(path, form)
+    except (_Unvouched, pa.ArrowException, OSError, EOFError):
+      pass  # read again below, carefully, to name the line
+  return _read_careful(path, form)
+
+
+def _read_fast(path: str, form: DelimitedFormat) -> InteractionLog:
+  """pyarrow's streaming CSV reader; raises `_Unvouched` (or pyarrow's
+  error) on anything the careful reader should look at."""
+  required = form.required or form.names
+  options = dict(
+      read_options=pa_csv.ReadOptions(
+          column_names=None if form.header else list(form.names),
+          block_size=BLOCK_BYTES),
+      parse_options=pa_csv.ParseOptions(delimiter=form.sep, quote_char=False,
+                                        escape_char=False),
+      convert_options=pa_csv.ConvertOptions(
+          column_types={name: pa.string() for name in form.names},
+          include_columns=list(form.names), strings_can_be_null=False))
+  log = LogBuilder()
+  with pa.input_stream(path, compression="detect") as stream:
+    for batch in pa_csv.open_csv(stream, **options):
+      columns = dict(zip(batch.schema.names, batch.columns))
+      for name in required:
+        if pc.any(pc.equal(columns[name], "")).as_py():
+          raise _Unvouched(name)
+      numbers = {name: pc.cast(columns[name], pa.int64())
+                 for name in form.integers}
+      if form.time_format is None:
+        stamps = numbers[form.timestamp]
+      else:
+        stamps = pc.strptime(columns[form.timestamp],
+                             format=form.time_format, unit="s").cast(pa.int64())
+      stamps = stamps.to_numpy() // form.timestamp_divisor
+      users, items = columns[form.user], columns[form.item]
+      if form.keep is not None:
+        kept = pc.equal(columns[form.keep[0]], form.keep[1])
+        users, items = users.filter(kept), items.filter(kept)
+        stamps = stamps[kept.to_numpy(zero_copy_only=False)]
+      log.add(users, items, stamps)
+  return log.build()
+
+
+def _read_careful(path: str, form: DelimitedFormat) -> InteractionLog:
+  """pandas in chunks; errors name the file and the line."""
+  log = LogBuilder()
+  for frame in read_delimited(path, sep=form.sep, names=form.names,
+                              header=form.header, usecols=form.required,
+                              engine=form.engine):
+    numbers = {name: to_int64(frame[name], path, name)
+               for name in form.integers}
+    if form.time_format is None:
+      stamps = numbers[form.timestamp]
+    else:
+      stamps = to_epoch_seconds(frame[form.timestamp], path, form.timestamp,
+                                form.time_format)
+    stamps = stamps // form.timestamp_divisor
+    users, items = frame[form.user], frame[form.item]
+    if form.keep is not None:
+      kept = (frame[form.keep[0]] == form.keep[1]).to_numpy()
+      users, items, stamps = users[kept], items[kept], stamps[kept]
+    log.add(users, items, stamps)
+  return log.build()
 
 
 def read_delimited(path: str, *, sep: str, names: Sequence[str],

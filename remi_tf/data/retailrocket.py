@@ -9,14 +9,13 @@ URL = "https://www.kaggle.com/datasets/retailrocket/ecommerce-dataset"
 COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 
 
+FORMAT = parsing.DelimitedFormat(
+    names=COLUMNS, sep=",", header=True, user="visitorid", item="itemid",
+    timestamp="timestamp", integers=("timestamp", "visitorid", "itemid"),
+    timestamp_divisor=1000, keep=("event", "view"), required=COLUMNS[:4])
+
+
 def read(path: str) -> parsing.InteractionLog:
-  """Reads `events.csv` into an interaction log of its view events."""
-  log = parsing.LogBuilder()
-  for frame in parsing.read_delimited(path, sep=",", names=COLUMNS,
-                                      header=True, usecols=COLUMNS[:4]):
-    frame = frame[frame["event"] == "view"]
-    milliseconds = parsing.to_int64(frame["timestamp"], path, "timestamp")
-    parsing.to_int64(frame["visitorid"], path, "visitorid")
-    parsing.to_int64(frame["itemid"], path, "itemid")
-    log.add(frame["visitorid"], frame["itemid"], milliseconds // 1000)
-  return log.build()
+  """Reads `events.csv` into an interaction log of its view events (every
+  row must be well-formed, views or not)."""
+  return parsing.read_delimited_log(path, FORMAT)

@@ -13,15 +13,13 @@ COLUMNS = ("user", "item", "category", "behavior", "timestamp")
 CLICK = "pv"
 
 
+FORMAT = parsing.DelimitedFormat(
+    names=COLUMNS, sep=",", header=False, user="user", item="item",
+    timestamp="timestamp", integers=("user", "item", "timestamp"),
+    keep=("behavior", CLICK), required=("user", "item", "behavior",
+                                        "timestamp"))
+
+
 def read(path: str) -> parsing.InteractionLog:
   """Reads `UserBehavior.csv` into an interaction log of its clicks."""
-  log = parsing.LogBuilder()
-  for frame in parsing.read_delimited(
-      path, sep=",", names=COLUMNS, header=False,
-      usecols=("user", "item", "behavior", "timestamp")):
-    parsing.to_int64(frame["user"], path, "user")
-    parsing.to_int64(frame["item"], path, "item")
-    seconds = parsing.to_int64(frame["timestamp"], path, "timestamp")
-    clicks = (frame["behavior"] == CLICK).to_numpy()
-    log.add(frame["user"][clicks], frame["item"][clicks], seconds[clicks])
-  return log.build()
+  return parsing.read_delimited_log(path, FORMAT)

@@ -108,20 +108,22 @@ class LogBuilder:
 
   def __init__(self):
     self._users, self._items = _Interner(), _Interner()
-    self._chunks = []
+    self._columns = ([], [], [])  # user codes, item codes, timestamps
 
   def add(self, users, items, timestamps) -> None:
     """Appends a chunk: raw user and item ids (str) and int timestamps."""
-    self._chunks.append((self._users.codes(users), self._items.codes(items),
-                         np.asarray(timestamps, dtype=np.int64)))
+    for column, values in zip(self._columns, (
+        self._users.codes(users), self._items.codes(items),
+        np.asarray(timestamps, dtype=np.int64))):
+      column.append(values)
 
   def build(self) -> InteractionLog:
     """The log of every chunk added, in order."""
-    columns = [np.concatenate([chunk[index] for chunk in self._chunks])
-               if self._chunks else np.zeros(0, dtype)
-               for index, dtype in enumerate((np.int32, np.int32, np.int64))]
-    self._chunks = []
-    return InteractionLog(*columns, user_vocab=self._users.vocab(),
+    whole = []
+    for chunks, dtype in zip(self._columns, (np.int32, np.int32, np.int64)):
+      whole.append(np.concatenate(chunks) if chunks else np.zeros(0, dtype))
+      chunks.clear()  # one column's chunks and whole copy at a time
+    return InteractionLog(*whole, user_vocab=self._users.vocab(),
                           item_vocab=self._items.vocab())
 
 

@@ -9,7 +9,6 @@ from remi_tf.data import parsing
 URL = None
 COLUMNS = ("user_id", "item_id", "timestamp")
 
-
 FORMAT = parsing.DelimitedFormat(
     names=COLUMNS, sep=",", header=True, user="user_id", item="item_id",
     timestamp="timestamp", integers=("timestamp",), required=COLUMNS)

@@ -10,7 +10,6 @@ from remi_tf.data import parsing
 URL = "https://snap.stanford.edu/data/loc-gowalla_totalCheckins.txt.gz"
 COLUMNS = ("user", "time", "latitude", "longitude", "location")
 
-
 FORMAT = parsing.DelimitedFormat(
     names=COLUMNS, sep="\t", header=False, user="user", item="location",
     timestamp="time", integers=("user", "location"),

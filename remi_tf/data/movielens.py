@@ -9,7 +9,6 @@ URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 MEMBER = "ml-1m/ratings.dat"
 COLUMNS = ("user", "movie", "rating", "timestamp")
 
-
 FORMAT = parsing.DelimitedFormat(
     names=COLUMNS, sep="::", header=False, user="user", item="movie",
     timestamp="timestamp", integers=("user", "movie", "timestamp"),

@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-LOG_COLUMNS = ("user", "item", "timestamp")
 # Lines per chunk: large enough that per-chunk overhead is small, small
 # enough that a chunk of raw strings stays near 100 MB.
 CHUNK_LINES = 500_000

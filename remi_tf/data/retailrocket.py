@@ -8,7 +8,6 @@ from remi_tf.data import parsing
 URL = "https://www.kaggle.com/datasets/retailrocket/ecommerce-dataset"
 COLUMNS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 
-
 FORMAT = parsing.DelimitedFormat(
     names=COLUMNS, sep=",", header=True, user="visitorid", item="itemid",
     timestamp="timestamp", integers=("timestamp", "visitorid", "itemid"),

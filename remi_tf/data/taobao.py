@@ -12,7 +12,6 @@ URL = "https://tianchi.aliyun.com/dataset/649"
 COLUMNS = ("user", "item", "category", "behavior", "timestamp")
 CLICK = "pv"
 
-
 FORMAT = parsing.DelimitedFormat(
     names=COLUMNS, sep=",", header=False, user="user", item="item",
     timestamp="timestamp", integers=("user", "item", "timestamp"),

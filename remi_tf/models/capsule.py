@@ -42,7 +42,15 @@ def squash(vectors: tf.Tensor) -> tf.Tensor:
 
 
 class PerPositionBilinear(tf.keras.layers.Layer):
-  """ComiRec-DR's u_hat: a separate d x (K d) map for every position."""
+  """ComiRec-DR's u_hat: a separate d x (K d) map for every position.
+
+  The maps start from N(0, 1), as the original ComiRec code
+  (`tf.random_normal_initializer()`). With the reference's routing (padding
+  zeroed, not renormalised) a Glorot start (std about 0.02) gives
+  predictions so small that squash, |s|^2 for small s, leaves the interests
+  near zero and the tower does not train on short histories (Recall@50 0.3%
+  on amazon-books-38k at 5,000 steps, Pop 4.5%).
+  """
 
   def __init__(self, num_interests: int, seq_len: int, **kwargs):
     super().__init__(**kwargs)
@@ -53,7 +61,7 @@ class PerPositionBilinear(tf.keras.layers.Layer):
     dim = int(input_shape[-1])
     self.maps = self.add_weight(
         name="bilinear", shape=(self.seq_len, dim, self.num_interests * dim),
-        initializer="glorot_normal")
+        initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
     super().build(input_shape)
 
   def call(self, history: tf.Tensor) -> tf.Tensor:

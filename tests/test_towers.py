@@ -4,12 +4,11 @@ pieces against the reference's; Pop on the training split."""
 import collections
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
 from remi_tf import config, training
-from remi_tf.data import preprocess
+from remi_tf.data import parsing, preprocess
 from remi_tf.models import build_user_tower, capsule
 from remi_tf.models.capsule import routing_weights, squash
 from remi_tf.models.self_attentive import masked_softmax
@@ -187,8 +186,7 @@ def test_pop_ranks_by_the_given_ranking():
 
 def _log(rows):
   users, items, stamps = zip(*rows)
-  return pd.DataFrame({"user": list(users), "item": list(items),
-                       "timestamp": np.array(stamps, dtype=np.int64)})
+  return parsing.interaction_log(users, items, stamps)
 
 
 def test_pop_counts_the_training_users_only():

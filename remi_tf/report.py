@@ -215,13 +215,10 @@ def write_report(dataset: str, raw_file: Optional[str], output_dir: str,
   figures = [plot_routing(output_dir, cache_dir),
              plot_beta_sweep(results, output_dir),
              plot_ihn_weights(output_dir, cache_dir)]
-  stats = results[BASELINE]["dataset"]
   lines = [
       f"# Reproduction report: {dataset}",
       "",
-      f"Raw file: `{raw_file}`; {stats['users']:,} users, "
-      f"{stats['items']:,} items, {stats['interactions']:,} interactions. "
-      f"Budget: {budget}. Test users, exact retrieval, metrics in %.",
+      describe_data(dataset, raw_file, results[BASELINE]["dataset"], budget),
       "",
       markdown_table(results),
       "",
@@ -240,6 +237,17 @@ def write_report(dataset: str, raw_file: Optional[str], output_dir: str,
   with open(path, "w") as out:
     out.write("\n".join(lines) + "\n")
   return path
+
+
+def describe_data(dataset: str, raw_file: Optional[str], stats: dict,
+                  budget: dict) -> str:
+  """The report's line on its data and budget. The raw file is named by its
+  file name only: a report is shared, the folder it came from is not."""
+  source = os.path.basename(raw_file) if raw_file else dataset
+  return (f"Raw file: `{source}`; {stats['users']:,} users, "
+          f"{stats['items']:,} items, {stats['interactions']:,} "
+          f"interactions. Budget: {budget}. Test users, exact retrieval, "
+          "metrics in %.")
 
 
 def _slug(name: str) -> str:

@@ -59,3 +59,13 @@ def test_beta_sweep_figure(tmp_path):
 def test_unknown_dataset_has_no_methods():
   with pytest.raises(KeyError):
     report.methods("netflix")
+
+
+def test_report_names_the_raw_file_without_its_folder():
+  line = report.describe_data(
+      "csv", os.path.join("some", "private", "folder", "log.csv.gz"),
+      {"users": 1200, "items": 300, "interactions": 45000},
+      {"max_steps": 10})
+  assert "`log.csv.gz`" in line
+  assert "private" not in line
+  assert "1,200 users" in line and "45,000 interactions" in line

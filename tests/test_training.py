@@ -17,7 +17,7 @@ from remi_tf.data.inputs import evaluation_examples
 
 METRIC_KEYS = {"recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50",
                "ndcg@50"}
-TOWER_STEPS = 100
+TOWER_STEPS = 200
 
 
 def random_ranking_metrics(examples, num_items, n=50):

@@ -7,7 +7,7 @@ The tower is an untrained one (`build_user_tower`, --model, default
 comirec-sa) at the given shapes: the cost does not depend on the weights.
 Histories are uniform random item ids, each ending with 0 to --max-padding
 padding positions; targets are random ids, each user with U{1..--held-out}
-of them (0-padded to that width).
+of them (held sparsely, as evaluation_examples holds them).
 
 --items is the number of embedding rows: the default 174606 is Gowalla's
 174,605 items plus the padding row (num_items = items - 1).
@@ -87,10 +87,9 @@ def main(argv=None) -> int:
   histories = _common.random_histories(rng, args.users, args.seq_len,
                                        num_items, args.max_padding)
   counts = rng.integers(1, args.held_out + 1, size=args.users)
-  targets = np.where(np.arange(args.held_out)[None] < counts[:, None],
-                     rng.integers(1, num_items + 1,
-                                  size=(args.users, args.held_out)),
-                     0).astype(np.int32)
+  target_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+  target_items = rng.integers(1, num_items + 1,
+                              size=target_offsets[-1]).astype(np.int32)
 
   warmup_seconds, _ = _common.timed(lambda: evaluation.recommend(
       tower, histories[:args.batch_size or 256], n, args.batch_size))
@@ -104,7 +103,8 @@ def main(argv=None) -> int:
     raise RuntimeError(f"recommend returned {ranked.shape} lists with "
                        "empty slots at rank 1")
   metrics_seconds, metrics = _common.timed(
-      lambda: evaluation.ranking_metrics(ranked, targets))
+      lambda: evaluation.ranking_metrics(ranked, target_offsets,
+                                         target_items))
   _common.log(f"ranking_metrics: {metrics_seconds:.2f}s")
   evaluate_rate = args.users / (seconds + metrics_seconds)
 

@@ -8,6 +8,7 @@ same sum for that many hits at the top. NDCG follows R's true rank order
 (the REMI reference code walks a Python set, so its NDCG is not comparable).
 """
 
+import collections
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -20,41 +21,75 @@ CUTOFFS = (20, 50)
 # Scores held at once by exact retrieval (users x interests x items floats):
 # 2**26 floats is 256 MB.
 SCORE_BUDGET = 2**26
+# Users whose metrics are computed at once.
+METRICS_BATCH = 4096
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray,
-                    cutoffs: Sequence[int] = CUTOFFS) -> Dict[str, float]:
+def ranking_metrics(ranked: np.ndarray, target_offsets: np.ndarray,
+                    target_items: np.ndarray,
+                    cutoffs: Sequence[int] = CUTOFFS,
+                    batch_size: int = METRICS_BATCH) -> Dict[str, float]:
   """Recall, HR and NDCG at each cutoff, averaged over users.
+
+  Users are scored `batch_size` at a time, so memory grows with the batch's
+  ranked lists and targets, never with users x longest target list.
 
   Args:
     ranked: int [U, L] recommended ids, best first, L >= max(cutoffs); 0
       marks an empty slot.
-    targets: int [U, T] held-out ids, 0-padded; repeats count in |T|.
+    target_offsets: int64 [U + 1]; user u's held-out ids are
+      `target_items[target_offsets[u]:target_offsets[u + 1]]`.
+    target_items: int [total targets] held-out ids (1..N); repeats count in
+      |T|.
     cutoffs: the N values.
+    batch_size: users scored at once.
 
   Returns:
     {"recall@N", "hr@N", "ndcg@N"} for each N.
   """
-  ranked = tf.convert_to_tensor(ranked)
-  targets = tf.cast(tf.convert_to_tensor(targets), ranked.dtype)
-  real = targets != 0
-  hits = tf.reduce_any(tf.equal(ranked[:, :, None], targets[:, None, :])
-                       & real[:, None, :], axis=2) & (ranked != 0)
-  hits = tf.cast(hits, tf.float64)
-  num_targets = tf.reduce_sum(tf.cast(real, tf.float64), axis=1)
+  ranked = np.asarray(ranked)
+  target_offsets = np.asarray(target_offsets, np.int64)
+  target_items = np.asarray(target_items)
+  sums = collections.defaultdict(float)
+  for start in range(0, len(ranked), batch_size):
+    stop = min(start + batch_size, len(ranked))
+    first, last = target_offsets[start], target_offsets[stop]
+    batch = _user_metrics(ranked[start:stop],
+                          target_offsets[start:stop + 1] - first,
+                          target_items[first:last], cutoffs)
+    for name, values in batch.items():
+      sums[name] += float(np.sum(values))
+  return {name: sums[name] / len(ranked)
+          for n in cutoffs for name in (f"recall@{n}", f"hr@{n}", f"ndcg@{n}")}
+
+
+def _user_metrics(ranked: np.ndarray, target_offsets: np.ndarray,
+                  target_items: np.ndarray,
+                  cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
+  """float64 [B] Recall, HR and NDCG at each cutoff of B users, from their
+  ranked [B, L] lists and CSR targets (offsets [B + 1] from 0)."""
+  num_targets = np.diff(target_offsets)
+  # (user, item) pairs as one int64 key: a ranked id is a hit if its user
+  # holds it among the targets; sorting keys needs no [B, L, T] comparison.
+  base = np.int64(max(ranked.max(initial=0), target_items.max(initial=0))) + 1
+  users = np.arange(len(ranked), dtype=np.int64)
+  target_keys = np.repeat(users, num_targets) * base + target_items
+  hits = np.isin(users[:, None] * base + ranked, target_keys) & (ranked != 0)
   metrics = {}
   for n in cutoffs:
-    top = hits[:, :n]
-    discount = 1.0 / np.log2(np.arange(n) + 2.0)
-    num_hits = tf.reduce_sum(top, axis=1)
-    dcg = tf.reduce_sum(top * discount[None, :tf.shape(top)[1]], axis=1)
-    ideal = tf.gather(np.concatenate([[0.0], np.cumsum(discount)]),
-                      tf.cast(num_hits, tf.int32))
-    metrics[f"recall@{n}"] = tf.reduce_mean(
-        tf.math.divide_no_nan(num_hits, num_targets))
-    metrics[f"hr@{n}"] = tf.reduce_mean(tf.cast(num_hits > 0, tf.float64))
-    metrics[f"ndcg@{n}"] = tf.reduce_mean(tf.math.divide_no_nan(dcg, ideal))
-  return {name: float(value) for name, value in metrics.items()}
+    top = hits[:, :n].astype(np.float64)
+    discount = 1.0 / np.log2(np.arange(top.shape[1]) + 2.0)
+    ideal_of = np.concatenate([[0.0], np.cumsum(discount)])
+    num_hits = top.sum(axis=1)
+    dcg = top @ discount
+    ideal = ideal_of[num_hits.astype(np.int64)]
+    metrics[f"recall@{n}"] = np.divide(num_hits, num_targets,
+                                       out=np.zeros_like(num_hits),
+                                       where=num_targets > 0)
+    metrics[f"hr@{n}"] = (num_hits > 0).astype(np.float64)
+    metrics[f"ndcg@{n}"] = np.divide(dcg, ideal, out=np.zeros_like(dcg),
+                                     where=ideal > 0)
+  return metrics
 
 
 def rank_by_interests(interests_of: Callable[[np.ndarray], np.ndarray],
@@ -107,4 +142,5 @@ def evaluate(tower: tf.keras.Model, examples: EvaluationExamples,
              batch_size: Optional[int] = None) -> Dict[str, float]:
   """The paper's metrics of a tower on validation or test examples."""
   ranked = recommend(tower, examples.histories, max(cutoffs), batch_size)
-  return ranking_metrics(ranked, examples.targets, cutoffs)
+  return ranking_metrics(ranked, examples.target_offsets,
+                         examples.target_items, cutoffs)

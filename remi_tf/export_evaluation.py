@@ -123,4 +123,5 @@ def evaluate_export(model_dir: str, split: str = "test",
   ranked = evaluation.rank_by_interests(
       lambda batch: serve(history=tf.constant(raw[batch]))["interests"],
       table, examples.histories, max(evaluation.CUTOFFS))
-  return evaluation.ranking_metrics(ranked, examples.targets)
+  return evaluation.ranking_metrics(ranked, examples.target_offsets,
+                                    examples.target_items)

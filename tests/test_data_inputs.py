@@ -128,17 +128,29 @@ def test_evaluation_examples():
   examples = evaluation_examples(split, seq_len=4)
   cuts = [int(0.8 * length) for length in lengths]
   assert cuts == [0, 1, 3, 4, 8, 18, 5]
-  width = max(length - cut for length, cut in zip(lengths, cuts))
   assert examples.num_users == len(lengths)
   assert examples.histories.dtype == np.int32
-  assert examples.targets.dtype == np.int32
+  assert examples.target_offsets.dtype == np.int64
+  assert examples.target_items.dtype == np.int32
   assert examples.histories.shape == (len(lengths), 4)
-  assert examples.targets.shape == (len(lengths), width)
+  assert examples.target_offsets.shape == (len(lengths) + 1,)
   for user, cut in enumerate(cuts):
     sequence = list(split.sequence(user))
     assert list(examples.histories[user]) == expected_history(sequence, cut, 4)
-    rest = sequence[cut:]
-    assert list(examples.targets[user]) == rest + [0] * (width - len(rest))
+    assert list(examples.targets(user)) == sequence[cut:]
+  assert examples.target_items.shape == (
+      sum(length - cut for length, cut in zip(lengths, cuts)),)
+
+
+def test_evaluation_targets_are_not_padded_to_the_longest_list():
+  # One user with 100,000 targets beside two with one: a [users, longest]
+  # array would hold 300,000 ids; the examples hold the 100,002 targets.
+  lengths = (5, 5, 500_000)
+  examples = evaluation_examples(make_split(lengths), seq_len=4)
+  assert examples.histories.shape == (3, 4)
+  np.testing.assert_array_equal(examples.target_offsets,
+                                [0, 1, 2, 100_002])
+  assert examples.target_items.shape == (100_002,)
 
 
 def test_evaluation_examples_match_a_loop_on_random_splits():
@@ -152,6 +164,4 @@ def test_evaluation_examples_match_a_loop_on_random_splits():
       cut = int(0.8 * length)
       assert list(examples.histories[user]) == expected_history(
           sequence, cut, seq_len)
-      row = list(examples.targets[user])
-      assert row[:length - cut] == sequence[cut:]
-      assert not any(row[length - cut:])
+      assert list(examples.targets(user)) == sequence[cut:]

@@ -1,4 +1,7 @@
-"""Metrics against hand-computed cases; the merge against brute force."""
+"""Metrics against hand-computed cases and a dense reference; the merge
+against brute force."""
+
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,11 +15,17 @@ def _pad(rows, width):
   return np.array([r + [0] * (width - len(r)) for r in rows], np.int32)
 
 
+def _csr(rows):
+  """(target_offsets int64 [U + 1], target_items int32 [total]) of lists."""
+  offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+  items = np.array([item for row in rows for item in row], np.int32)
+  return offsets.astype(np.int64), items
+
+
 def test_metrics_hand_computed_with_repeated_targets():
   # Hits at ranks 0 (item 7) and 2 (item 5); |T| = 3 counts the repeat.
   ranked = _pad([[7, 1, 5, 2]], 50)
-  targets = _pad([[5, 5, 7]], 3)
-  metrics = evaluation.ranking_metrics(ranked, targets)
+  metrics = evaluation.ranking_metrics(ranked, *_csr([[5, 5, 7]]))
   dcg = 1.0 + 1.0 / np.log2(4)
   idcg = 1.0 + 1.0 / np.log2(3)
   for n in (20, 50):
@@ -28,8 +37,7 @@ def test_metrics_hand_computed_with_repeated_targets():
 def test_metrics_respect_the_cutoff_and_average_over_users():
   hit_at_30 = list(range(100, 130)) + [4]  # item 4 at rank 30
   ranked = np.stack([_pad([hit_at_30], 50)[0], _pad([[4]], 50)[0]])
-  targets = _pad([[4], [4, 8]], 2)
-  metrics = evaluation.ranking_metrics(ranked, targets)
+  metrics = evaluation.ranking_metrics(ranked, *_csr([[4], [4, 8]]))
   assert metrics["hr@20"] == pytest.approx((0 + 1) / 2)
   assert metrics["hr@50"] == 1.0
   assert metrics["recall@20"] == pytest.approx((0 + 0.5) / 2)
@@ -39,15 +47,69 @@ def test_metrics_respect_the_cutoff_and_average_over_users():
 
 def test_metrics_with_no_hits_and_short_lists():
   ranked = _pad([[1, 2], []], 50)  # fewer than N items, padded with 0
-  targets = _pad([[3], [1]], 1)
-  metrics = evaluation.ranking_metrics(ranked, targets)
+  metrics = evaluation.ranking_metrics(ranked, *_csr([[3], [1]]))
   assert all(value == 0.0 for value in metrics.values())
 
 
-def test_padding_in_targets_is_never_a_hit():
-  ranked = _pad([[1]], 50)
-  targets = np.array([[1, 0, 0]], np.int32)  # one real target
-  assert evaluation.ranking_metrics(ranked, targets)["recall@20"] == 1.0
+def test_targets_count_only_for_their_own_user():
+  # Item 1 is user 0's only target; user 1 ranks it but holds 2..99.
+  ranked = _pad([[1], [1]], 50)
+  metrics = evaluation.ranking_metrics(ranked,
+                                       *_csr([[1], list(range(2, 100))]))
+  assert metrics["recall@20"] == 0.5
+  assert metrics["hr@20"] == 0.5
+
+
+def _dense_metrics(ranked, rows, cutoffs):
+  """The metrics by a [U, L, T] comparison of targets padded to the
+  longest list."""
+  targets = _pad(rows, max(len(r) for r in rows))
+  hits = ((ranked[:, :, None] == targets[:, None, :]) &
+          (targets[:, None, :] != 0)).any(axis=2) & (ranked != 0)
+  num_targets = (targets != 0).sum(axis=1)
+  metrics = {}
+  for n in cutoffs:
+    discount = 1.0 / np.log2(np.arange(n) + 2.0)
+    num_hits = hits[:, :n].sum(axis=1)
+    dcg = (hits[:, :n] * discount).sum(axis=1)
+    ideal = np.array([discount[:k].sum() for k in num_hits])
+    with np.errstate(invalid="ignore", divide="ignore"):
+      metrics[f"recall@{n}"] = np.nan_to_num(num_hits / num_targets).mean()
+      metrics[f"ndcg@{n}"] = np.nan_to_num(dcg / ideal).mean()
+    metrics[f"hr@{n}"] = (num_hits > 0).mean()
+  return metrics
+
+
+def test_sparse_metrics_equal_a_dense_reference_on_uneven_lists():
+  rng = np.random.default_rng(4)
+  # Mostly 1-3 targets, some hundreds, one user with none; ids from a
+  # small catalog so that hits and repeated targets are frequent.
+  lengths = np.minimum(1 + rng.pareto(0.8, size=300).astype(int), 2000)
+  lengths[[17, 200]] = (0, 2000)
+  rows = [list(rng.integers(1, 80, size=k)) for k in lengths]
+  ranked = np.stack([rng.permutation(80)[:50] for _ in lengths])
+  ranked[::7, 30:] = 0  # short lists
+  expected = _dense_metrics(ranked, rows, (5, 20, 50))
+  for batch_size in (1, 7, 4096):  # batches that split the users unevenly
+    metrics = evaluation.ranking_metrics(ranked, *_csr(rows), (5, 20, 50),
+                                         batch_size=batch_size)
+    assert metrics.keys() == expected.keys()
+    for name, value in expected.items():
+      assert metrics[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_metrics_memory_does_not_grow_with_users_times_longest_list():
+  # 2,000 users, one of them with 100,000 targets: a [users, T] boolean
+  # would take 200 MB and a [users, 50, T] one 10 GB.
+  rng = np.random.default_rng(5)
+  rows = [[7]] * 1999 + [list(rng.integers(1, 10**6, size=100_000))]
+  target_offsets, target_items = _csr(rows)
+  ranked = rng.integers(1, 10**6, size=(2000, 50)).astype(np.int32)
+  tracemalloc.start()
+  evaluation.ranking_metrics(ranked, target_offsets, target_items)
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  assert peak < 20 * 2**20
 
 
 def _brute_force(interests, table, n, exclude=()):

@@ -152,8 +152,11 @@ def test_planted_clusters_are_learned(model_name):
                                     embedding_dim=16, seq_len=seq_len,
                                     beta=1.0)
   tower = build_user_tower(model_config, num_items)
-  examples = EvaluationExamples(histories=test_users[:, :seq_len],
-                                targets=test_users[:, seq_len:])
+  targets = test_users[:, seq_len:]
+  examples = EvaluationExamples(
+      histories=test_users[:, :seq_len],
+      target_offsets=np.arange(0, targets.size + 1, targets.shape[1]),
+      target_items=targets.ravel())
   untrained = evaluation.evaluate(tower, examples, cutoffs=(20,))
 
   def batches(step):

@@ -26,8 +26,8 @@ def random_ranking_metrics(examples, num_items, n=50):
   each target is among n random items with probability n / N, and none is
   with probability prod_{i<n} (N - k - i) / (N - i))."""
   recall, hit_rate = [], []
-  for row in examples.targets:
-    targets = row[row > 0]
+  for user in range(examples.num_users):
+    targets = examples.targets(user)
     distinct = len(np.unique(targets))
     recall.append(distinct / len(targets) * n / num_items)
     draws = np.arange(n)

@@ -78,19 +78,29 @@ def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
 class EvaluationExamples:
   """Validation/test users as (history, held-out targets).
 
+  The targets are held sparsely (CSR), as one user may have thousands.
+
   Attributes:
     histories: int32 [U, n], the last n items of each user's first
       int(0.8 * len) items, right-padded with 0.
-    targets: int32 [U, T], the remaining items in time order (repeats kept),
-      right-padded with 0.
+    target_offsets: int64 [U + 1]; user u's targets are
+      `target_items[target_offsets[u]:target_offsets[u + 1]]`.
+    target_items: int32 [total targets], each user's remaining items in time
+      order (repeats kept).
   """
 
   histories: np.ndarray
-  targets: np.ndarray
+  target_offsets: np.ndarray
+  target_items: np.ndarray
 
   @property
   def num_users(self) -> int:
     return len(self.histories)
+
+  def targets(self, user: int) -> np.ndarray:
+    """int32 [T_u]: the held-out items of one user, in time order."""
+    return self.target_items[self.target_offsets[user]:
+                             self.target_offsets[user + 1]]
 
 
 def evaluation_examples(split: UserSequences,
@@ -102,9 +112,15 @@ def evaluation_examples(split: UserSequences,
   histories = _gather_windows(split, history_start, cut - history_start,
                               seq_len)
   num_targets = lengths - cut
-  targets = _gather_windows(split, cut, num_targets,
-                            max(int(num_targets.max(initial=0)), 1))
-  return EvaluationExamples(histories=histories, targets=targets)
+  target_offsets = np.zeros(len(lengths) + 1, np.int64)
+  np.cumsum(num_targets, out=target_offsets[1:])
+  # Targets are each sequence's tail: target t of user u is split item
+  # offsets[u] + cut[u] + (t - target_offsets[u]).
+  shift = np.repeat(split.offsets[:-1] + cut - target_offsets[:-1],
+                    num_targets)
+  target_items = split.items[shift + np.arange(target_offsets[-1])]
+  return EvaluationExamples(histories=histories, target_offsets=target_offsets,
+                            target_items=target_items.astype(np.int32))
 
 
 def _gather_windows(split: UserSequences, first: np.ndarray,

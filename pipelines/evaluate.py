@@ -36,7 +36,7 @@ def main(argv=None) -> int:
   parser.add_argument("--raw-file", help="with --model-dir: a local copy of "
                       "the raw file the export was trained on")
   parser.add_argument("--split", choices=("valid", "test"), default="test")
-  parser.add_argument("--cache-dir", help="downloads and preprocessed data")
+  cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   if args.run and (args.version is not None or args.raw_file):

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--run", required=True, help="a finished run folder")
   parser.add_argument("--export-dir", help="default saved_models/<dataset>")
-  parser.add_argument("--cache-dir", help="downloads and preprocessed data")
+  cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   config_path = os.path.join(args.run, "config.json")

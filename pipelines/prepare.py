@@ -27,14 +27,10 @@ from remi_tf.data import INPUT_ERRORS, load_dataset  # noqa: E402  pylint: disab
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--dataset", required=True,
-                      choices=sorted(config.DATASET_DEFAULTS))
-  parser.add_argument("--raw-file", help="local copy of the raw file "
-                      "(default: the packaged sample or a download)")
+  cli.add_dataset_flags(parser)
   parser.add_argument("--threshold", type=int, help="item/user filter "
                       "threshold (default: the dataset's)")
-  parser.add_argument("--cache-dir", help="downloads and preprocessed data "
-                      "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
+  cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 

@@ -23,16 +23,14 @@ from remi_tf import config, report  # noqa: E402  pylint: disable=wrong-import-p
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--dataset", required=True,
-                      choices=sorted(config.DATASET_DEFAULTS))
-  parser.add_argument("--raw-file")
+  cli.add_dataset_flags(parser)
   parser.add_argument("--max-steps", type=int, required=True)
   parser.add_argument("--eval-every", type=int,
                       help="default: max-steps / 10, at most 1000")
   parser.add_argument("--patience", type=int, default=50)
   parser.add_argument("--seed", type=int, default=config.TrainConfig.seed)
   parser.add_argument("--output", help="default reports/<dataset>")
-  parser.add_argument("--cache-dir")
+  cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(message)s")

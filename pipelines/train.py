@@ -26,10 +26,7 @@ from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-impor
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--dataset", required=True,
-                      choices=sorted(config.DATASET_DEFAULTS))
-  parser.add_argument("--raw-file", help="local copy of the raw file "
-                      "(default: download the canonical one)")
+  cli.add_dataset_flags(parser)
   remi_models = ", ".join(config.REMI_MODELS)
   parser.add_argument("--model", choices=config.MODELS, default=None,
                       help=f"user tower (default comirec-sa). {remi_models} "
@@ -73,8 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "runs/<dataset>-<model>-<time>)")
   parser.add_argument("--export-dir", help="default saved_models/<dataset>")
   parser.add_argument("--no-export", action="store_true")
-  parser.add_argument("--cache-dir", help="downloads and preprocessed data "
-                      "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
+  cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from remi_tf import layout
+from remi_tf import config, layout
 
 VERBOSE_HELP = ("show TensorFlow's log messages (C++ and Python), hidden by "
                 "default")
@@ -34,6 +34,21 @@ VERBOSE_HELP = ("show TensorFlow's log messages (C++ and Python), hidden by "
 _ABSL_SET_MIN_LOG_LEVEL = (
     "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds `--dataset` and `--raw-file`, as every pipeline that reads a
+  dataset takes them."""
+  parser.add_argument("--dataset", required=True,
+                      choices=sorted(config.DATASET_DEFAULTS))
+  parser.add_argument("--raw-file", help="local copy of the raw file "
+                      "(default: the packaged sample or a download)")
+
+
+def add_cache_flag(parser: argparse.ArgumentParser) -> None:
+  """Adds `--cache-dir`, where downloads and preprocessed data are kept."""
+  parser.add_argument("--cache-dir", help="downloads and preprocessed data "
+                      "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

@@ -163,6 +163,14 @@ class Server:
                            f"{self.output_tail()}")
       time.sleep(0.3)
 
+  def peak_rss_mb(self) -> float:
+    """The server process's peak resident memory so far (Linux VmHWM)."""
+    with open(f"/proc/{self._process.pid}/status", encoding="ascii") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
   def stop(self) -> None:
     if self._process.poll() is None:
       self._process.terminate()

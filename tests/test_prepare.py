@@ -113,15 +113,27 @@ def test_synthetic_raw_files_keep_the_real_survivors(scale, tmp_path,
     assert first.read() == second.read()
 
 
-def test_scale_benchmark_prints_prepare_figures(tmp_path):
+def test_scale_benchmark_runs_every_phase_of_the_job(tmp_path):
   process = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", "scale.py"),
-       "--dataset", "taobao", "--rows", "3000", "--out", str(tmp_path)],
-      capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
+       "--dataset", "taobao", "--rows", "3000", "--out", str(tmp_path),
+       "--train-steps", "10", "--requests", "10"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT, check=True)
   (line,) = process.stdout.splitlines()
   result = json.loads(line)
+  phases = result["phases"]
   assert result["rows"] == 3000
-  assert result["prepare"]["users"] == result["built_to_keep"]["users"]
-  assert result["prepare"]["items"] == result["built_to_keep"]["items"]
-  assert result["prepare_peak_rss_mb"] > 0
+  assert phases["prepare"]["users"] == result["built_to_keep"]["users"]
+  assert phases["prepare"]["items"] == result["built_to_keep"]["items"]
+  assert phases["train"]["embedding_rows"] == phases["prepare"]["items"] + 1
+  assert phases["train"]["steps"] == 10
+  assert phases["validate"]["users"] == phases["prepare"]["valid_users"]
+  assert phases["validate"]["pass_memory_mb"] >= 0
+  assert phases["export"]["items"] == phases["prepare"]["items"]
+  assert phases["serve"]["completed"] == 10 and phases["serve"]["errors"] == 0
+  assert phases["serve"]["history_source"] != "random"
+  for phase in ("prepare", "train", "validate", "export"):
+    assert phases[phase]["peak_rss_mb"] > 0
   assert result["targets"] == {}  # checked at the real size only
+  # Nothing left behind but the raw file.
+  assert os.listdir(tmp_path) == ["taobao-3000-seed0"]

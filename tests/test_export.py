@@ -290,6 +290,18 @@ def test_scann_tree_index_reaches_the_recall_target():
   assert tuned.leaves_to_search > 2
 
 
+def test_exact_neighbours_in_bounded_batches_equal_a_full_sort(
+    monkeypatch):
+  rng = np.random.default_rng(7)
+  embeddings = rng.normal(size=(1000, 8)).astype(np.float32)
+  queries = rng.normal(size=(25, 8)).astype(np.float32)
+  # 2,500 scores at once: 2 queries a batch, a short last batch.
+  monkeypatch.setattr(index_module, "EXACT_SCORE_BUDGET", 2500)
+  found = index_module.exact_neighbours(queries, embeddings, 50)
+  expected = np.argsort(-(queries @ embeddings.T), axis=1)[:, :50] + 1
+  np.testing.assert_array_equal(found, expected)
+
+
 @pytest.mark.parametrize("budget", [index_module.MERGE_BUDGET, 100])
 def test_index_merge_equals_exact_search_with_brute_force_scann(
     tmp_path, monkeypatch, budget):

@@ -11,8 +11,9 @@ line with each phase's time and peak resident memory:
   prepare   `pipelines/prepare.py` (parse, protocol, cache);
   train     --train-steps timed training steps (benchmarks/scale_phases.py
             train: the package's model and input pipeline) -> samples/s;
-  validate  one exact validation pass over all validation users, with the
-            memory the pass costs beyond the loaded model;
+  validate  one exact validation pass over all validation users (or the
+            first --valid-users), with the memory the pass costs beyond
+            the loaded model;
   export    the export with its ScaNN index (built, tuned, recall@50
             against exact search measured on test users);
   serve     `pipelines/serve.py` on the export, --requests single requests
@@ -425,13 +426,19 @@ def main(argv=None) -> int:
                       "dataset, rows and seed")
   parser.add_argument("--train-steps", type=int, default=1000,
                       help="timed training steps (after 50 of warm-up)")
+  parser.add_argument("--valid-users", type=int,
+                      help="validate only the first N validation users "
+                      "(default all;\nexact search over 1.7M items takes "
+                      "hours for Taobao's 98k)")
   parser.add_argument("--requests", type=int, default=1000,
                       help="service requests in the burst")
   args = parser.parse_args(argv)
   shape = SHAPES[args.dataset]
   rows = args.rows or shape.rows
   args.rows = rows
-  _common.require_positive(parser, args, ["rows", "train_steps", "requests"])
+  _common.require_positive(parser, args, ["rows", "train_steps", "requests"]
+                           + (["valid_users"] if args.valid_users is not None
+                              else []))
   sizes = scaled_sizes(shape, rows)
   directory = os.path.join(args.out, f"{args.dataset}-{rows}-seed{args.seed}")
   raw_file = os.path.join(directory, shape.file_name)
@@ -452,7 +459,8 @@ def main(argv=None) -> int:
     for phase, flags in (
         ("train", ["--dataset", args.dataset, "--raw-file", raw_file,
                    "--steps", str(args.train_steps)]),
-        ("validate", []), ("export", [])):
+        ("validate", [] if args.valid_users is None
+         else ["--users", str(args.valid_users)]), ("export", [])):
       _common.log(f"{phase}")
       phases[phase] = run_json("benchmarks/scale_phases.py", phase,
                                "--work", work, "--cache-dir", cache_dir,

@@ -11,7 +11,7 @@ train     the run's model as `remi_tf.training.build_model` builds it, fed
           (tracing), then a timed `fit` of --steps; samples/s of the timed
           one. Writes DIR/config.json and the weights.
 validate  one exact validation pass (`remi_tf.evaluation.evaluate`) over
-          all validation users of the dataset. Memory: the resident set
+          all validation users of the dataset (--users N: the first N). Memory: the resident set
           before the pass (dataset and model loaded, tower traced) and the
           peak during the pass (Linux's high-water mark, reset just before
           it through /proc/self/clear_refs), hence what the pass itself
@@ -30,6 +30,7 @@ import os
 import resource
 import sys
 import time
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,7 +42,8 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 from remi_tf import evaluation, export, runs, training  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import load_dataset  # noqa: E402  pylint: disable=wrong-import-position
-from remi_tf.data.inputs import evaluation_examples, training_dataset  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,  # noqa: E402  pylint: disable=wrong-import-position
+                                 training_dataset)
 from remi_tf.optimizers import CatchUpCallback  # noqa: E402  pylint: disable=wrong-import-position
 
 WEIGHTS = "weights"
@@ -118,13 +120,26 @@ def train(args) -> dict:
               args.steps * run_config.train.batch_size / seconds}
 
 
+def first_users(examples: EvaluationExamples,
+                users: Optional[int]) -> EvaluationExamples:
+  """The examples of the first `users` users (all if None)."""
+  if users is None or users >= examples.num_users:
+    return examples
+  return EvaluationExamples(
+      histories=examples.histories[:users],
+      target_offsets=examples.target_offsets[:users + 1],
+      target_items=examples.target_items[:examples.target_offsets[users]])
+
+
 def validate(args) -> dict:
   run_config, dataset, model = _load(args)
   model.tower(tf.zeros([1, run_config.model.seq_len], tf.int32))
   before_mb = _status_mb("VmRSS")
   _reset_peak_rss()
   start = time.perf_counter()
-  examples = evaluation_examples(dataset.valid, run_config.model.seq_len)
+  examples = first_users(evaluation_examples(dataset.valid,
+                                            run_config.model.seq_len),
+                         args.users)
   metrics = evaluation.evaluate(model.tower, examples)
   seconds = time.perf_counter() - start
   pass_peak_mb = _status_mb("VmHWM")
@@ -164,6 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--raw-file", help="train: its raw file")
   parser.add_argument("--steps", type=int, default=1000,
                       help="train: timed steps")
+  parser.add_argument("--users", type=int,
+                      help="validate: only the first N validation users "
+                      "(default all)")
   parser.add_argument("--warmup-steps", type=int, default=50,
                       help="train: untimed steps first")
   args = parser.parse_args(argv)

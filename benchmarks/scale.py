@@ -51,6 +51,7 @@ row count.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -430,6 +431,10 @@ def main(argv=None) -> int:
                       help="validate only the first N validation users "
                       "(default all;\nexact search over 1.7M items takes "
                       "hours for Taobao's 98k)")
+  parser.add_argument("--keep", action="store_true",
+                      help="keep the cache, the weights and the export "
+                      "(under the raw file's\nfolder, kept/) instead of "
+                      "deleting them")
   parser.add_argument("--requests", type=int, default=1000,
                       help="service requests in the burst")
   args = parser.parse_args(argv)
@@ -448,7 +453,9 @@ def main(argv=None) -> int:
     generate_seconds, raw_file = _common.timed(
         lambda: write_raw_file(args.dataset, rows, directory, args.seed))
   phases = {}
-  with tempfile.TemporaryDirectory(dir=args.out) as scratch:
+  with (contextlib.nullcontext(os.path.join(directory, "kept"))
+        if args.keep else tempfile.TemporaryDirectory(dir=args.out)
+        ) as scratch:
     cache_dir, work = (os.path.join(scratch, name)
                        for name in ("cache", "run"))
     _common.log(f"prepare on {raw_file} ({os.path.getsize(raw_file):,} "

@@ -65,7 +65,10 @@ class SampledSoftmaxIHN(tf.keras.losses.Loss):
   y_pred [B, C], the logits with removed candidates (accidental hits, masked
   scores) set to TFRS's MIN_FLOAT. Every other candidate is a negative.
   Reduced by the mean over the batch (TFRS's default loss sums; learning
-  rates here are tuned for the mean).
+  rates here are tuned for the mean): under a `tf.distribute` strategy, each
+  replica's sum divided by the global batch size, so the replicas' gradients
+  add up to the one-machine gradient (Keras rejects its own
+  SUM_OVER_BATCH_SIZE reduction outside `compile` under a strategy).
   """
 
   def __init__(self, beta: float = 0.0, name: str = "sampled_softmax_ihn"):
@@ -74,6 +77,13 @@ class SampledSoftmaxIHN(tf.keras.losses.Loss):
     if beta < 0:
       raise ValueError(f"beta must be >= 0, got {beta}")
     self.beta = float(beta)
+
+  def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+               sample_weight=None) -> tf.Tensor:
+    """The loss averaged over the (global) batch, a scalar."""
+    with tf.name_scope(self.name):
+      return tf.nn.compute_average_loss(self.call(y_true, y_pred),
+                                        sample_weight=sample_weight)
 
   def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     y_true = tf.cast(y_true, y_pred.dtype)
@@ -118,13 +128,18 @@ def routing_diagnostics(routing: tf.Tensor) -> Dict[str, tf.Tensor]:
   Returns:
     `routing_max_weight`: mean over users and interests of the largest
     normalised weight; `routing_entropy`: mean entropy (nats) of each
-    interest's normalised weights.
+    interest's normalised weights. Under a `tf.distribute` strategy the user
+    mean is over the global batch (each replica's sum / global batch), as
+    the loss, so the replicas' values add up to the batch's.
   """
   routing = tf.math.divide_no_nan(
       routing, tf.reduce_sum(routing, axis=2, keepdims=True))
   entropy = -tf.reduce_sum(
       tf.math.multiply_no_nan(tf.math.log(routing), routing), axis=2)
-  return {
-      "routing_max_weight": tf.reduce_mean(tf.reduce_max(routing, axis=2)),
-      "routing_entropy": tf.reduce_mean(entropy),
+  per_user = {
+      "routing_max_weight": tf.reduce_mean(tf.reduce_max(routing, axis=2),
+                                           axis=1),
+      "routing_entropy": tf.reduce_mean(entropy, axis=1),
   }
+  return {name: tf.nn.compute_average_loss(value)
+          for name, value in per_user.items()}

@@ -19,6 +19,8 @@ the bias correction over the skipped steps.
 """
 
 import tensorflow as tf
+# Keras's own accumulator of a sharded table's optimizer variables.
+from tf_keras.src.optimizers.optimizer import _ShardedVariableBuilder
 
 
 class LazyAdam(tf.keras.optimizers.Adam):
@@ -31,12 +33,35 @@ class LazyAdam(tf.keras.optimizers.Adam):
     self._sparse_keys = set()
     if getattr(self, "_last_steps", None) is not None:
       return
-    self._last_steps = [
-        self.add_variable(shape=(variable.shape[0],), dtype=tf.int64,
-                          name=f"{self._var_key(variable)}_last_step")
-        if variable.shape.rank else None
-        for variable in var_list
-    ]
+    self._last_steps = [self._add_row_counter(variable)
+                        if variable.shape.rank else None
+                        for variable in var_list]
+
+  def _add_row_counter(self, variable):
+    """int64 [rows of `variable`], the step each row was last updated.
+
+    Created as Keras creates Adam's m and v (`add_variable_from_reference`,
+    which only makes variables of the model variable's dtype): colocated
+    with `variable`, so a shard of a table sharded by a parameter-server
+    strategy gets a counter of its own rows on its own server, and the
+    shards' counters are tracked as one `ShardedVariable`, so checkpoints
+    hold one [rows] counter per table whatever the sharding.
+    """
+    with tf.distribute.get_strategy().extended.colocate_vars_with(variable):
+      counter = tf.Variable(tf.zeros([variable.shape[0]], tf.int64),
+                            trainable=False,
+                            name=f"last_step/{variable._shared_name}")
+    if not hasattr(variable, "_sharded_container"):
+      self._variables.append(counter)
+      return counter
+    table = variable._sharded_container()
+    builder = self._sharded_variable_builders.setdefault(
+        (table._unique_id, "last_step"),
+        _ShardedVariableBuilder(len(table.variables)))
+    builder.add_shard(counter)
+    if builder.has_all_shards():
+      self._variables.append(builder.build())
+    return counter
 
   def _state(self, variable):
     index = self._index_dict[self._var_key(variable)]

@@ -241,10 +241,6 @@ class LocalCluster:
     """Where a non-chief task's output goes."""
     return os.path.join(self.log_dir, f"{task[0]}-{task[1]}.log")
 
-  def pids(self) -> Dict[Task, int]:
-    """The process id of each started task (the newest, if restarted)."""
-    return {task: process.pid for task, process in self._processes.items()}
-
   def __enter__(self) -> "LocalCluster":
     self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_sigterm)
     try:

@@ -7,6 +7,14 @@ Defaults are the paper's, per dataset and model (remi_tf/config.py); every
 numeric flag is range-checked before anything is written. Running the same
 command again resumes an interrupted run where it stopped (training, test
 evaluation or export), and says so when the run is complete.
+
+On a cluster (docs/distributed.md) the same command runs on every task, with
+the task in $TF_CONFIG:
+
+  python pipelines/train.py --dataset gowalla --strategy parameter-server
+
+the chief trains, validates, writes the run and exports; workers and
+parameter servers serve until the launcher stops them.
 """
 
 import argparse
@@ -19,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
 cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
-from remi_tf import config, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf import config, distribute, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -65,6 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--patience", type=int, help="validations without "
                       "improvement before stopping (default 50)")
   parser.add_argument("--seed", type=int, help="default 2023")
+  parser.add_argument("--strategy", choices=distribute.STRATEGIES,
+                      default="none", help="tf.distribute strategy (default "
+                      "none); multi-worker and parameter-server\nread the "
+                      "cluster and this task from $TF_CONFIG")
+  parser.add_argument("--ps-shards", type=int, help="item-table shards with "
+                      "--strategy parameter-server (default: one\nper "
+                      "parameter server)")
   parser.add_argument("--output", help="run folder (default: the newest "
                       "run of the same configuration\nunder runs/, else "
                       "runs/<dataset>-<model>-<time>)")
@@ -87,7 +102,13 @@ def main(argv=None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-  """Resolves the configuration, trains, evaluates, exports, prints."""
+  """Resolves the configuration, trains, evaluates, exports, prints (or,
+  on a parameter-server worker or ps task, serves)."""
+  task = distribute.read_task(args.strategy, args.ps_shards)
+  if task.serves:
+    print(f"{task.task_type} {task.index}: serving the cluster", flush=True)
+    distribute.serve(task)
+    return 0
   run_config = runs.resolve_config(
       args.dataset, args.raw_file, model=args.model, interests=args.interests,
       embedding_dim=args.embedding_dim, embedding_init=args.embedding_init,
@@ -106,7 +127,12 @@ def train(args: argparse.Namespace) -> int:
           "of this configuration: --output NEW_FOLDER)")
     return 0
   print(f"run folder: {run_dir}", flush=True)
-  metrics = runs.train_run(run_config, run_dir, export_dir, args.cache_dir)
+  metrics = runs.train_run(run_config, run_dir, export_dir, args.cache_dir,
+                           task)
+  if not task.is_chief:
+    print(f"{task.task_type} {task.index}: training done (the chief writes "
+          "the run)")
+    return 0
   print(json.dumps({key: metrics[key] for key in
                     ("dataset", "valid", "test", "steps", "train_seconds",
                      "samples_per_second")}, indent=2))

@@ -10,7 +10,7 @@ import os
 import uuid
 from typing import Optional
 
-from remi_tf import config, evaluation, export, layout, training
+from remi_tf import config, distribute, evaluation, export, layout, training
 from remi_tf.data import load_dataset
 from remi_tf.data.inputs import evaluation_examples
 
@@ -132,7 +132,8 @@ def is_complete(run_config: RunConfig, run_dir: str,
 
 def train_run(run_config: RunConfig, run_dir: str,
               export_dir: Optional[str] = None,
-              cache_dir: Optional[str] = None) -> dict:
+              cache_dir: Optional[str] = None,
+              task: distribute.Task = distribute.LOCAL) -> dict:
   """The main job, in phases that each resume where a killed run stopped:
   training (`training.train`), the final evaluation on the test users
   (recorded in metrics.json) and the export (recorded in the export's
@@ -145,10 +146,14 @@ def train_run(run_config: RunConfig, run_dir: str,
       error, one with this configuration continues.
     export_dir: where to export the trained model (None: no export).
     cache_dir: download/preprocessing cache (default `~/.cache/remi-tf`).
+    task: the `tf.distribute` strategy and this process's task (default: one
+      machine). Only the chief tests, writes and exports; the model is
+      tested and exported without a strategy, from the best weights, so a
+      sharded run exports what a one-machine run would.
 
   Returns:
     The contents of metrics.json, plus "export": {"export_dir", "version"}
-    when exported.
+    when exported; {} on a task that is not the chief.
 
   Raises:
     ValueError: `run_dir` holds a run with another configuration.
@@ -159,13 +164,15 @@ def train_run(run_config: RunConfig, run_dir: str,
   _check_config(run_config, run_dir)
   dataset = load_dataset(run_config.dataset, run_config.raw_file,
                          run_config.threshold, cache_dir=cache_dir)
-  identity = _open_run_folder(run_config, run_dir)
+  identity = _open_run_folder(run_config, run_dir) if task.is_chief else None
   metrics_path = os.path.join(run_dir, training.METRICS_FILE)
   metrics = training.read_json(metrics_path)
   model = None
   if metrics is None:
     result = training.train(dataset, run_config.model, run_config.train,
-                            run_dir)
+                            run_dir, task=task)
+    if result is None:
+      return {}
     model = result.model
     test = evaluation.evaluate(model.tower, evaluation_examples(
         dataset.test, run_config.model.seq_len))
@@ -175,8 +182,8 @@ def train_run(run_config: RunConfig, run_dir: str,
                **result.summary(run_config.train.batch_size)}
     training.crash_point("tested")
     training.write_json(metrics_path, metrics)
-  if export_dir is None:
-    return metrics
+  if export_dir is None or not task.is_chief:
+    return metrics if task.is_chief else {}
   version = _exported_version(run_dir, export_dir)
   if version is None:
     if model is None:

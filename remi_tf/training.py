@@ -11,6 +11,12 @@ and the whole training state (weights, optimizer and its step, the
 sampler's draw count) is backed up, so a killed run loses at most one
 interval.
 
+Under a `tf.distribute` strategy (`remi_tf.distribute`) the model is built
+in the strategy's scope; only the chief writes the run's files (the other
+workers of a multi-worker run write theirs to a temporary folder, as
+`MultiWorkerMirroredStrategy` needs every worker to save, and delete it),
+and every task restores from the chief's backup and history.
+
 A restarted run restores the backup, drops the rows of `history.csv` that
 the backup does not cover (a kill can land between the two writes: that
 interval is trained again), rebuilds early stopping and the best score from
@@ -24,22 +30,26 @@ run with that record never trains again.
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from remi_tf import config, evaluation
+from remi_tf import config, distribute, evaluation
 from remi_tf.data import ProcessedDataset
 from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,
                                  training_dataset)
 from remi_tf.models import RetrievalModel, build_user_tower, make_sampler
 from remi_tf.optimizers import CatchUpCallback, LazyAdam
+
+_log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.csv"
 BEST_WEIGHTS = os.path.join("best", "weights")
@@ -88,6 +98,11 @@ class TrainResult:
             "samples_per_second": rate}
 
 
+def optimizer_step(model: tf.keras.Model) -> int:
+  """The optimizer steps taken (`int()` fails on a mirrored variable)."""
+  return int(model.optimizer.iterations.numpy())
+
+
 class ValidationCallback(tf.keras.callbacks.Callback):
   """Evaluates the tower on validation users at the end of every interval
   and adds `val_<metric>`, `step` and `train_seconds` to the epoch logs."""
@@ -102,7 +117,7 @@ class ValidationCallback(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     logs["train_seconds"] = time.perf_counter() - self._started
-    logs["step"] = int(self.model.optimizer.iterations)
+    logs["step"] = optimizer_step(self.model)
     metrics = evaluation.evaluate(self.model.tower, self.examples)
     logs.update({f"val_{name}": value for name, value in metrics.items()})
 
@@ -147,7 +162,7 @@ class StopAtMaxSteps(tf.keras.callbacks.Callback):
     self._supports_tf_logs = True  # the logs are not read: no sync per step
 
   def on_epoch_begin(self, epoch, logs=None):
-    self._steps_left = self.max_steps - int(self.model.optimizer.iterations)
+    self._steps_left = self.max_steps - optimizer_step(self.model)
 
   def on_train_batch_end(self, batch, logs=None):
     if batch + 1 >= self._steps_left:
@@ -166,22 +181,28 @@ class IntervalBackup(tf.keras.callbacks.Callback):
     model: the compiled training model (its optimizer and sampler are
       saved with it).
     directory: the backup folder.
+    restore_from: the backup folder to restore from (default `directory`;
+      the chief's for the other workers of a multi-worker run).
   """
 
-  def __init__(self, model: tf.keras.Model, directory: str):
+  def __init__(self, model: tf.keras.Model, directory: str,
+               restore_from: Optional[str] = None):
     super().__init__()
     self._manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model), directory, max_to_keep=1)
+    self._restore_from = restore_from or directory
 
   def restore(self) -> int:
     """Restores the last backup into the model, if there is one; returns
     the optimizer step it holds (0 without a backup)."""
     model = self._manager.checkpoint.model
-    if self._manager.latest_checkpoint:
-      model.optimizer.build(model.trainable_variables)
+    latest = tf.train.latest_checkpoint(self._restore_from)
+    if latest:
+      with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
       self._manager.checkpoint.restore(
-          self._manager.latest_checkpoint).assert_existing_objects_matched()
-    return int(model.optimizer.iterations)
+          latest).assert_existing_objects_matched()
+    return optimizer_step(model)
 
   def on_epoch_end(self, epoch, logs=None):
     crash_point(f"backup-{epoch + 1}")
@@ -198,13 +219,17 @@ def read_history(run_dir: str) -> List[Dict[str, float]]:
             for row in csv.DictReader(rows)]
 
 
-def truncate_history(run_dir: str, intervals: int) -> List[Dict[str, float]]:
+def truncate_history(run_dir: str, intervals: int,
+                     write: bool = True) -> List[Dict[str, float]]:
   """Keeps the rows of the first `intervals` intervals in history.csv
-  (rewritten atomically if any row goes); returns the rows kept."""
+  (rewritten atomically if any row goes, unless `write` is False); returns
+  the rows kept."""
   path = os.path.join(run_dir, HISTORY_FILE)
   history = read_history(run_dir)
   if all(int(row["epoch"]) < intervals for row in history):
     return history
+  if not write:
+    return [row for row in history if int(row["epoch"]) < intervals]
   with open(path, newline="") as stored:
     header, *rows = list(csv.reader(stored))
   epoch = header.index("epoch")
@@ -237,11 +262,15 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
 
 
 def _new_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
-               train_config: config.TrainConfig) -> RetrievalModel:
-  """The seeded, untrained model of a run."""
+               train_config: config.TrainConfig,
+               strategy: Optional[tf.distribute.Strategy] = None
+               ) -> RetrievalModel:
+  """The seeded, untrained model of a run, built in `strategy`'s scope
+  (default: no strategy)."""
   tf.keras.utils.set_random_seed(train_config.seed)
-  return build_model(dataset, model_config, train_config.learning_rate,
-                     train_config.seed, train_config.optimizer)
+  with (strategy or tf.distribute.get_strategy()).scope():
+    return build_model(dataset, model_config, train_config.learning_rate,
+                       train_config.seed, train_config.optimizer)
 
 
 def best_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
@@ -256,7 +285,8 @@ def best_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
 
 def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
           train_config: config.TrainConfig, run_dir: str,
-          verbose: Optional[int] = None) -> TrainResult:
+          verbose: Optional[int] = None,
+          task: distribute.Task = distribute.LOCAL) -> Optional[TrainResult]:
   """The training phase of the run in `run_dir`: trains, resumes an
   interrupted training, or, once training is recorded as complete, only
   loads its outcome.
@@ -268,35 +298,56 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
     run_dir: the run folder (created if missing).
     verbose: Keras verbosity (default: progress bar on a terminal, one line
       per interval otherwise).
+    task: the strategy and this process's task (default: one machine).
 
   Returns:
-    The model with its best weights and the training outcome.
+    The model (built without a strategy) with its best weights and the
+    training outcome; None on a task that is not the chief.
   """
-  os.makedirs(run_dir, exist_ok=True)
+  if task.is_chief:
+    os.makedirs(run_dir, exist_ok=True)
   record = read_json(os.path.join(run_dir, TRAINING_FILE))
   if record is None:
-    record = _fit(dataset, model_config, train_config, run_dir, verbose)
+    record = _fit(dataset, model_config, train_config, run_dir, verbose, task)
+  if not task.is_chief:
+    return None
   return TrainResult(best_model(dataset, model_config, train_config, run_dir),
                      **record)
 
 
 def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
          train_config: config.TrainConfig, run_dir: str,
-         verbose: Optional[int]) -> dict:
+         verbose: Optional[int], task: distribute.Task) -> Optional[dict]:
   """Fits from the backup (or from scratch) until `max_steps` or early
-  stopping, records the outcome in training.json, deletes the backup.
+  stopping; the chief records the outcome in training.json and deletes the
+  backup.
 
   Returns:
-    The record: valid, steps, train_seconds, routing.
+    The record: valid, steps, train_seconds, routing (None on a task that
+    is not the chief).
   """
-  model = _new_model(dataset, model_config, train_config)
+  strategy = distribute.make_strategy(
+      task, table_bytes=4 * dataset.num_items * model_config.embedding_dim)
+  model = _new_model(dataset, model_config, train_config, strategy)
+  if task.strategy != "none" and task.is_chief:
+    _log.info("item table placement: %s", json.dumps(
+        distribute.describe_placement(model.tower.item_embedding.embeddings)))
   valid_examples = evaluation_examples(dataset.valid, model_config.seq_len)
   if model_config.model == "pop":
     record = {"valid": evaluation.evaluate(model.tower, valid_examples),
               "steps": 0, "train_seconds": 0.0, "routing": {}}
   else:
-    history = _fit_intervals(model, dataset, model_config, train_config,
-                             run_dir, valid_examples, verbose)
+    write_dir = run_dir if task.is_chief else tempfile.mkdtemp(
+        prefix="remi-tf-worker-")
+    try:
+      history = _fit_intervals(model, dataset, model_config, train_config,
+                               run_dir, write_dir, valid_examples, verbose,
+                               task)
+    finally:
+      if write_dir != run_dir:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    if not task.is_chief:
+      return None
     crash_point("trained")
     if not history:
       raise RuntimeError(f"{run_dir}: training logged no evaluation")
@@ -318,31 +369,34 @@ def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
 def _fit_intervals(model: RetrievalModel, dataset: ProcessedDataset,
                    model_config: config.ModelConfig,
                    train_config: config.TrainConfig, run_dir: str,
-                   valid_examples: EvaluationExamples,
-                   verbose: Optional[int]) -> List[Dict[str, float]]:
-  """Keras `fit` from the backed-up step to the end; returns the history."""
-  backup = IntervalBackup(model, os.path.join(run_dir, BACKUP_DIR))
+                   write_dir: str, valid_examples: EvaluationExamples,
+                   verbose: Optional[int],
+                   task: distribute.Task) -> List[Dict[str, float]]:
+  """Keras `fit` from the backed-up step to the end; returns the history.
+  The backup and history are read from `run_dir`, and written to
+  `write_dir` (`run_dir` on the chief)."""
+  backup = IntervalBackup(model, os.path.join(write_dir, BACKUP_DIR),
+                          restore_from=os.path.join(run_dir, BACKUP_DIR))
   step = backup.restore()
   # Intervals end every eval_every steps, and at max_steps.
   done = -(-step // train_config.eval_every)
-  history = truncate_history(run_dir, done)
+  history = truncate_history(run_dir, done, write=task.is_chief)
   monitor = f"val_{train_config.selection_metric}"
   best, _, wait = early_stopping_state(history, monitor)
   if step >= train_config.max_steps or wait >= train_config.patience:
     return history
-  stream = training_dataset(dataset.train, model_config.seq_len,
-                            train_config.batch_size, train_config.seed,
-                            start_step=step)
+  stream = _training_input(model.distribute_strategy, task, dataset,
+                           model_config, train_config, step)
   callbacks = [
       CatchUpCallback(),
       ValidationCallback(valid_examples),
       tf.keras.callbacks.ModelCheckpoint(
-          os.path.join(run_dir, BEST_WEIGHTS), monitor=monitor, mode="max",
+          os.path.join(write_dir, BEST_WEIGHTS), monitor=monitor, mode="max",
           save_best_only=True, save_weights_only=True,
           initial_value_threshold=best),
-      tf.keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_FILE),
+      tf.keras.callbacks.CSVLogger(os.path.join(write_dir, HISTORY_FILE),
                                    append=True),
-      tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"),
+      tf.keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"),
                                      write_graph=False),
       ResumableEarlyStopping(history, monitor=monitor, mode="max",
                              patience=train_config.patience),
@@ -356,6 +410,50 @@ def _fit_intervals(model: RetrievalModel, dataset: ProcessedDataset,
             steps_per_epoch=train_config.eval_every, callbacks=callbacks,
             verbose=verbose)
   return read_history(run_dir)
+
+
+def _training_input(strategy: tf.distribute.Strategy, task: distribute.Task,
+                    dataset: ProcessedDataset,
+                    model_config: config.ModelConfig,
+                    train_config: config.TrainConfig, step: int):
+  """The training batches of `fit` from `step` on, for the strategy.
+
+  - none, mirrored: the run's stream (`training_dataset`, seed, batch B);
+    Keras splits its batches over the local replicas.
+  - multi-worker: the same global stream, each worker taking its slice of
+    every batch of B, so the workers train the one-machine batches.
+  - parameter-server: each worker its own stream of batches of B, seeded
+    by seed + its input pipeline id, continuing at step / workers.
+
+  Raises:
+    ValueError: multi-worker with B not divisible by the replicas.
+  """
+  def stream(seed: int, start_step: int) -> tf.data.Dataset:
+    return training_dataset(dataset.train, model_config.seq_len,
+                            train_config.batch_size, seed, start_step)
+
+  if task.strategy in ("none", "mirrored"):
+    return stream(train_config.seed, step)
+  if task.strategy == "parameter-server":
+    return tf.keras.utils.experimental.DatasetCreator(
+        lambda context: stream(train_config.seed + context.input_pipeline_id,
+                               step // task.num_workers))
+  replicas = strategy.num_replicas_in_sync
+  if train_config.batch_size % replicas:
+    raise ValueError(f"--batch-size {train_config.batch_size} must be a "
+                     f"multiple of the {replicas} replicas of the "
+                     "multi-worker cluster")
+
+  def worker_slices(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    per_worker = train_config.batch_size // context.num_input_pipelines
+    first = context.input_pipeline_id * per_worker
+    return stream(train_config.seed, step).map(
+        lambda batch: {name: values[first:first + per_worker]
+                       for name, values in batch.items()}).rebatch(
+                           context.get_per_replica_batch_size(
+                               train_config.batch_size))
+
+  return strategy.distribute_datasets_from_function(worker_slices)
 
 
 def read_json(path: str) -> Optional[dict]:

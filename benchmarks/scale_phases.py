@@ -27,7 +27,6 @@ Each prints one JSON line on stdout: the phase's figures, "seconds" and
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from typing import Optional
@@ -48,19 +47,6 @@ from remi_tf.optimizers import CatchUpCallback  # noqa: E402  pylint: disable=wr
 
 WEIGHTS = "weights"
 EXPORT = "export"
-
-
-def peak_rss_mb() -> float:
-  """This process's peak resident memory so far (ru_maxrss is in KB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _status_mb(field: str) -> float:
-  with open("/proc/self/status", encoding="ascii") as status:
-    for line in status:
-      if line.startswith(field + ":"):
-        return int(line.split()[1]) / 1024
-  raise KeyError(field)
 
 
 def _reset_peak_rss() -> None:
@@ -134,7 +120,7 @@ def first_users(examples: EvaluationExamples,
 def validate(args) -> dict:
   run_config, dataset, model = _load(args)
   model.tower(tf.zeros([1, run_config.model.seq_len], tf.int32))
-  before_mb = _status_mb("VmRSS")
+  before_mb = cli.memory_mb("VmRSS")
   _reset_peak_rss()
   start = time.perf_counter()
   examples = first_users(evaluation_examples(dataset.valid,
@@ -142,7 +128,7 @@ def validate(args) -> dict:
                          args.users)
   metrics = evaluation.evaluate(model.tower, examples)
   seconds = time.perf_counter() - start
-  pass_peak_mb = _status_mb("VmHWM")
+  pass_peak_mb = cli.memory_mb()
   return {"users": len(examples.histories),
           "targets": int(len(examples.target_items)),
           "longest_target_list": int(np.diff(examples.target_offsets)
@@ -196,7 +182,7 @@ def main(argv=None) -> int:
   figures = PHASES[args.phase](args)
   print(json.dumps({"phase": args.phase, **figures,
                     "seconds": time.perf_counter() - start,
-                    "peak_rss_mb": peak_rss_mb()}))
+                    "peak_rss_mb": cli.memory_mb()}))
   return 0
 
 

@@ -164,12 +164,9 @@ class Server:
       time.sleep(0.3)
 
   def peak_rss_mb(self) -> float:
-    """The server process's peak resident memory so far (Linux VmHWM)."""
-    with open(f"/proc/{self._process.pid}/status", encoding="ascii") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+    """The server process's peak resident memory so far."""
+    from remi_tf import cli  # pylint: disable=g-import-not-at-top
+    return cli.memory_mb("VmHWM", str(self._process.pid))
 
   def stop(self) -> None:
     if self._process.poll() is None:

@@ -12,7 +12,6 @@ cached dataset is only loaded, not parsed again.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
@@ -35,12 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def peak_rss_mb() -> float:
-  """Peak resident memory of this process so far, in MB (Linux reports
-  `ru_maxrss` in KB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main(argv=None) -> int:
   args = parse_args(argv)
   start = time.perf_counter()
@@ -55,7 +48,7 @@ def main(argv=None) -> int:
   print(json.dumps({
       "dataset": args.dataset, **dataset.stats,
       "seconds": round(time.perf_counter() - start, 2),
-      "peak_rss_mb": round(peak_rss_mb(), 1),
+      "peak_rss_mb": round(cli.memory_mb(), 1),
   }))
   return 0
 

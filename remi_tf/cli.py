@@ -18,6 +18,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -102,6 +103,27 @@ def _set_abseil_threshold(tensorflow_dir: str, level: str) -> None:
     getattr(library, _ABSL_SET_MIN_LOG_LEVEL)(ctypes.c_int(severity))
   except (ValueError, OSError, AttributeError):
     pass
+
+
+def memory_mb(field: str = "VmHWM", pid: str = "self") -> float:
+  """A process's memory from /proc/<pid>/status, in MB: "VmHWM" (peak
+  resident) or "VmRSS" (resident now).
+
+  VmHWM covers only the running program: getrusage's ru_maxrss also keeps
+  the peak of the parent's memory copied at fork, so a child of a large
+  process would report the parent's size. Without /proc (not Linux): this
+  process's ru_maxrss.
+  """
+  try:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+      for line in status:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) / 1024
+  except FileNotFoundError:
+    if pid != "self":
+      raise
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes / KB
 
 
 def how_to_serve(export_dir: str, k: int = 10, history_length: int = 3

@@ -138,3 +138,20 @@ def test_scale_benchmark_runs_every_phase_of_the_job(tmp_path):
   assert result["targets"] == {}  # checked at the real size only
   # Nothing left behind but the raw file.
   assert os.listdir(tmp_path) == ["taobao-3000-seed0"]
+
+
+def test_peak_memory_of_a_child_is_its_own_not_its_parents():
+  """prepare.py and the scale phases run as children of a large benchmark
+  process: their peak must not include the parent's memory at fork."""
+  ballast = np.ones(400 * 2**20 // 8)  # 400 MB, touched  # noqa: F841
+  child = subprocess.run(
+      [sys.executable, "-c",
+       "import resource, sys; sys.path.insert(0, sys.argv[1]); "
+       "from remi_tf import cli; "
+       "print(cli.memory_mb(), "
+       "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)", ROOT],
+      capture_output=True, text=True, check=True,
+      preexec_fn=lambda: None)  # a real fork, as a large parent's may be
+  own_peak, inherited_peak = map(float, child.stdout.split())
+  assert inherited_peak > 400  # what getrusage reports
+  assert own_peak < 200

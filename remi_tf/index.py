@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf import layout
-from remi_tf.retrieval import merge_over_interests
+from remi_tf.retrieval import merge_over_interests_numpy
 
 # ScaNN's guidance: below ~20k points brute force is as fast as anything.
 BRUTE_FORCE_BELOW = 20_000
@@ -89,9 +89,6 @@ class ItemIndex:
     self.embeddings = embeddings
     self.searcher = searcher
     self.config = index_config
-    # One traced graph for every request shape and n: eager TF ops would
-    # cost milliseconds per request.
-    self._merge = tf.function(merge_over_interests, reduce_retracing=True)
 
   @classmethod
   def build(cls, embeddings: np.ndarray,
@@ -147,10 +144,10 @@ class ItemIndex:
       group = slice(start, start + users)
       ids, scores = self.search(interests[group].reshape(-1, dim),
                                 per_interest)
-      merged.append([result.numpy() for result in self._merge(
-          tf.reshape(ids, [-1, k, per_interest]),
-          tf.reshape(scores, [-1, k, per_interest]), tf.constant(n),
-          None if exclude is None else tf.constant(exclude[group]))])
+      merged.append(merge_over_interests_numpy(
+          ids.reshape(-1, k, per_interest),
+          scores.reshape(-1, k, per_interest), n,
+          None if exclude is None else exclude[group]))
     return tuple(np.concatenate(part) for part in zip(*merged))
 
   def tune(self, queries: np.ndarray, held_out: np.ndarray,

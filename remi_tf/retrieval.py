@@ -1,12 +1,17 @@
 """Top-N retrieval for multi-interest users: each interest's candidates
-merged by max score, duplicates removed. The one merge shared by exact
-evaluation, the ScaNN index, the export and the service.
+merged by max score, duplicates removed. The one merge rule shared by exact
+evaluation, the ScaNN index, the export and the service: in TensorFlow
+(`merge_over_interests`, inside graphs and SavedModels) and in numpy
+(`merge_over_interests_numpy`, for the service's ScaNN results, where a
+graph call's per-op dispatch costs about 2 ms a request and numpy 0.1 ms).
+Both give identical results (tested).
 
-Pure TensorFlow (no training code), so a serving host can use it.
+No training code, so a serving host can use it.
 """
 
 from typing import Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 NO_ITEM = 0  # id of padding; also fills lists shorter than n
@@ -61,6 +66,51 @@ def merge_over_interests(ids: tf.Tensor, scores: tf.Tensor, n: int,
   top_scores = tf.pad(top_scores, [[0, 0], [0, missing]],
                       constant_values=-float("inf"))
   return top_ids, top_scores
+
+
+def merge_over_interests_numpy(ids: np.ndarray, scores: np.ndarray, n: int,
+                               exclude: Optional[np.ndarray] = None
+                               ) -> Tuple[np.ndarray, np.ndarray]:
+  """`merge_over_interests` on numpy arrays, with the same results.
+
+  Args:
+    ids: int [B, K, M], each interest's candidate ids.
+    scores: float [B, K, M], their scores.
+    n: list length.
+    exclude: int [B, E] ids to drop per user (0 entries ignored), or None.
+
+  Returns:
+    (ids int [B, n], scores float [B, n]) as `merge_over_interests`.
+  """
+  batch = ids.shape[0]
+  flat_ids = ids.reshape(batch, -1)
+  flat_scores = scores.reshape(batch, -1)
+  order = np.argsort(-flat_scores, axis=1, kind="stable")
+  flat_ids = np.take_along_axis(flat_ids, order, axis=1)
+  flat_scores = np.take_along_axis(flat_scores, order, axis=1)
+  by_id = np.argsort(flat_ids, axis=1, kind="stable")
+  sorted_ids = np.take_along_axis(flat_ids, by_id, axis=1)
+  repeated = np.zeros(sorted_ids.shape, bool)
+  repeated[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+  dropped = np.empty_like(repeated)
+  np.put_along_axis(dropped, by_id, repeated, axis=1)
+  # A candidate scored -inf is never listed, as in the TensorFlow merge.
+  dropped |= (flat_ids == NO_ITEM) | ~np.isfinite(flat_scores)
+  if exclude is not None:
+    rows = np.arange(batch, dtype=np.int64)[:, None]
+    span = int(max(flat_ids.max(initial=0), exclude.max(initial=0))) + 1
+    dropped |= np.isin(rows * span + flat_ids, rows * span + exclude)
+  # Candidates are already best first: the first n kept ones are the list.
+  kept = np.argsort(dropped, axis=1, kind="stable")[:, :n]
+  found = ~np.take_along_axis(dropped, kept, axis=1)
+  top_ids = np.where(found, np.take_along_axis(flat_ids, kept, axis=1),
+                     NO_ITEM)
+  top_scores = np.where(found, np.take_along_axis(flat_scores, kept, axis=1),
+                        -np.inf).astype(flat_scores.dtype)
+  missing = n - top_ids.shape[1]
+  return (np.pad(top_ids, [[0, 0], [0, missing]]),
+          np.pad(top_scores, [[0, 0], [0, missing]],
+                 constant_values=-np.inf))
 
 
 def _is_member(values: tf.Tensor, members: tf.Tensor) -> tf.Tensor:

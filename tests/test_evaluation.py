@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from remi_tf import evaluation
-from remi_tf.retrieval import exact_top_n, merge_over_interests
+from remi_tf.retrieval import (exact_top_n, merge_over_interests,
+                               merge_over_interests_numpy)
 
 
 def _pad(rows, width):
@@ -149,12 +150,34 @@ def test_exact_top_n_with_exclusions_and_a_small_catalog():
     assert np.all(np.isneginf(scores[user].numpy()[len(expected):]))
 
 
-def test_merge_removes_duplicates_keeping_the_best_score():
-  ids = tf.constant([[[5, 3, 0], [3, 9, 5]]])
-  scores = tf.constant([[[0.9, 0.5, 0.8], [0.7, 0.6, 0.1]]])
-  merged_ids, merged_scores = merge_over_interests(ids, scores, 4)
-  np.testing.assert_array_equal(merged_ids.numpy(), [[5, 3, 9, 0]])
-  np.testing.assert_allclose(merged_scores.numpy()[0, :3], [0.9, 0.7, 0.6])
+def _tensorflow_merge(ids, scores, n, exclude=None):
+  return tuple(result.numpy() for result in merge_over_interests(
+      tf.constant(ids), tf.constant(scores), n,
+      None if exclude is None else tf.constant(exclude)))
+
+
+@pytest.fixture(name="merge", params=["tensorflow", "numpy"])
+def fixture_merge(request):
+  """Both implementations of the merge rule, on numpy inputs."""
+  return {"tensorflow": _tensorflow_merge,
+          "numpy": merge_over_interests_numpy}[request.param]
+
+
+def test_merge_removes_duplicates_keeping_the_best_score(merge):
+  ids = np.array([[[5, 3, 0], [3, 9, 5]]], np.int32)
+  scores = np.array([[[0.9, 0.5, 0.8], [0.7, 0.6, 0.1]]], np.float32)
+  merged_ids, merged_scores = merge(ids, scores, 4)
+  np.testing.assert_array_equal(merged_ids, [[5, 3, 9, 0]])
+  np.testing.assert_allclose(merged_scores[0, :3], [0.9, 0.7, 0.6])
+  assert merged_scores[0, 3] == -np.inf
+
+
+def test_merge_never_lists_a_candidate_scored_minus_infinity(merge):
+  ids = np.array([[[4, 2]]], np.int32)
+  scores = np.array([[[1.0, -np.inf]]], np.float32)
+  merged_ids, merged_scores = merge(ids, scores, 3)
+  np.testing.assert_array_equal(merged_ids, [[4, 0, 0]])
+  np.testing.assert_array_equal(merged_scores, [[1.0, -np.inf, -np.inf]])
 
 
 def _merge_reference(ids, scores, n, exclude=()):
@@ -171,32 +194,29 @@ def _merge_reference(ids, scores, n, exclude=()):
           [s for _, s in kept] + [-np.inf] * (n - len(kept)))
 
 
-def test_merge_equals_a_reference_with_duplicates_ties_and_exclusions():
+def test_merge_equals_a_reference_with_duplicates_ties_and_exclusions(merge):
   rng = np.random.default_rng(2)
   ids = rng.integers(0, 40, size=(8, 3, 25)).astype(np.int32)
   scores = rng.integers(0, 10, size=(8, 3, 25)).astype(np.float32)  # ties
   exclude = _pad([list(rng.choice(40, size=e, replace=False))
                   for e in (0, 1, 5, 12, 39, 3, 3, 7)], 40)
   exclude[5, 1] = exclude[5, 0]  # a repeated exclusion
-  merged_ids, merged_scores = merge_over_interests(
-      tf.constant(ids), tf.constant(scores), 30, tf.constant(exclude))
+  merged_ids, merged_scores = merge(ids, scores, 30, exclude)
   for user in range(8):
     expected_ids, expected_scores = _merge_reference(
         ids[user], scores[user], 30, set(exclude[user]) - {0})
-    np.testing.assert_array_equal(merged_ids[user].numpy(), expected_ids)
-    np.testing.assert_array_equal(merged_scores[user].numpy(),
-                                  expected_scores)
+    np.testing.assert_array_equal(merged_ids[user], expected_ids)
+    np.testing.assert_array_equal(merged_scores[user], expected_scores)
 
 
-def test_merge_memory_is_linear_in_the_candidates():
+def test_merge_memory_is_linear_in_the_candidates(merge):
   # 4 interests x 60k candidates and 60k exclusions: a [w, w] or [w, E]
   # comparison would need tens of GB; sorting needs a few MB.
   rng = np.random.default_rng(3)
   ids = rng.integers(1, 100_000, size=(1, 4, 60_000)).astype(np.int32)
   scores = rng.normal(size=(1, 4, 60_000)).astype(np.float32)
   exclude = rng.integers(1, 100_000, size=(1, 60_000)).astype(np.int32)
-  merged_ids, merged_scores = merge_over_interests(
-      tf.constant(ids), tf.constant(scores), 50, tf.constant(exclude))
+  merged_ids, merged_scores = merge(ids, scores, 50, exclude)
   best = {}
   for item, score in zip(ids.ravel(), scores.ravel()):
     if item not in best or score > best[item]:
@@ -204,7 +224,5 @@ def test_merge_memory_is_linear_in_the_candidates():
   excluded = set(exclude.ravel())
   expected = sorted(((s, i) for i, s in best.items() if i not in excluded),
                     reverse=True)[:50]
-  np.testing.assert_array_equal(merged_ids.numpy()[0],
-                                [i for _, i in expected])
-  np.testing.assert_array_equal(merged_scores.numpy()[0],
-                                [s for s, _ in expected])
+  np.testing.assert_array_equal(merged_ids[0], [i for _, i in expected])
+  np.testing.assert_array_equal(merged_scores[0], [s for s, _ in expected])

@@ -106,7 +106,6 @@ def train(args: argparse.Namespace) -> int:
   on a parameter-server worker or ps task, serves)."""
   task = distribute.read_task(args.strategy, args.ps_shards)
   if task.serves:
-    print(f"{task.task_type} {task.index}: serving the cluster", flush=True)
     distribute.serve(task)
     return 0
   run_config = runs.resolve_config(

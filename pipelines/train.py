@@ -105,6 +105,11 @@ def train(args: argparse.Namespace) -> int:
   """Resolves the configuration, trains, evaluates, exports, prints (or,
   on a parameter-server worker or ps task, serves)."""
   task = distribute.read_task(args.strategy, args.ps_shards)
+  if task.strategy == "multi-worker" and not args.output:
+    # Each worker would pick its own default folder (named by the time).
+    raise distribute.ClusterError(
+        "--strategy multi-worker needs --output: every worker must write "
+        "to and resume from the same run folder")
   if task.serves:
     distribute.serve(task)
     return 0

@@ -189,6 +189,8 @@ def test_partitioner_shards_the_item_table_only():
      ["--ps-shards", "2"], "--ps-shards applies to"),
     ("parameter-server", _tf_config(PS_CLUSTER, "chief"),
      ["--ps-shards", "0"], "--ps-shards must be >= 1"),
+    ("multi-worker", _tf_config({"worker": ["h:1", "h:2"]}, "worker"), [],
+     "needs --output"),
 ])
 def test_bad_tf_config_is_a_one_line_error(strategy, environ, flags, message,
                                            monkeypatch, capsys):

@@ -1,8 +1,8 @@
 """The job at the real datasets' sizes, on seeded synthetic raw files.
 
-  python benchmarks/scale.py --dataset amazon-books --out /tmp/scale
-  python benchmarks/scale.py --dataset taobao --out /tmp/scale --rows 10000000
-  python benchmarks/scale.py --dataset gowalla --out /tmp/scale --rows 20000
+  python benchmarks/scale.py --dataset amazon-books --out scale-data
+  python benchmarks/scale.py --dataset taobao --out scale-data --rows 10000000
+  python benchmarks/scale.py --dataset gowalla --out scale-data --rows 20000
 
 Writes a synthetic raw file in the real file's exact format (the name the
 parser expects; plain text, not .gz), then runs the job on it phase by

@@ -56,8 +56,8 @@ def _reset_peak_rss() -> None:
 
 
 def _load(args):
-  """(run config, dataset, model) of the work folder, with the trained
-  weights if the train phase wrote them."""
+  """(run config, dataset, model) of the work folder, the model with the
+  weights the train phase wrote."""
   with open(os.path.join(args.work, training.CONFIG_FILE),
             encoding="utf-8") as stored:
     run_config = runs.RunConfig.from_json(json.load(stored))
@@ -72,6 +72,7 @@ def _load(args):
 
 
 def train(args) -> dict:
+  """The train phase: a warm-up fit, then --steps timed; saves the weights."""
   run_config = runs.resolve_config(args.dataset, args.raw_file,
                                    max_steps=args.steps, eval_every=args.steps)
   dataset = load_dataset(run_config.dataset, run_config.raw_file,
@@ -118,6 +119,7 @@ def first_users(examples: EvaluationExamples,
 
 
 def validate(args) -> dict:
+  """The validate phase: one exact pass and what it costs beyond the model."""
   run_config, dataset, model = _load(args)
   model.tower(tf.zeros([1, run_config.model.seq_len], tf.int32))
   before_mb = cli.memory_mb("VmRSS")
@@ -141,6 +143,7 @@ def validate(args) -> dict:
 
 
 def export_phase(args) -> dict:
+  """The export phase: SavedModels and the tuned ScaNN index."""
   run_config, dataset, model = _load(args)
   start = time.perf_counter()
   metadata = export.export_model(model.tower, dataset, run_config, {},

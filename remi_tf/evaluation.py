@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf.data.inputs import EvaluationExamples
-from remi_tf.retrieval import exact_top_n
+from remi_tf.retrieval import exact_top_n, is_member_of_row
 
 CUTOFFS = (20, 50)
 # Scores held at once by exact retrieval (users x interests x items floats):
@@ -69,12 +69,10 @@ def _user_metrics(ranked: np.ndarray, target_offsets: np.ndarray,
   """float64 [B] Recall, HR and NDCG at each cutoff of B users, from their
   ranked [B, L] lists and CSR targets (offsets [B + 1] from 0)."""
   num_targets = np.diff(target_offsets)
-  # (user, item) pairs as one int64 key: a ranked id is a hit if its user
-  # holds it among the targets; sorting keys needs no [B, L, T] comparison.
-  base = np.int64(max(ranked.max(initial=0), target_items.max(initial=0))) + 1
-  users = np.arange(len(ranked), dtype=np.int64)
-  target_keys = np.repeat(users, num_targets) * base + target_items
-  hits = np.isin(users[:, None] * base + ranked, target_keys) & (ranked != 0)
+  # A ranked id is a hit if its user holds it among the targets.
+  hits = is_member_of_row(ranked, np.repeat(np.arange(len(ranked)),
+                                            num_targets),
+                          target_items) & (ranked != 0)
   metrics = {}
   for n in cutoffs:
     top = hits[:, :n].astype(np.float64)

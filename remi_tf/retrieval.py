@@ -97,9 +97,9 @@ def merge_over_interests_numpy(ids: np.ndarray, scores: np.ndarray, n: int,
   # A candidate scored -inf is never listed, as in the TensorFlow merge.
   dropped |= (flat_ids == NO_ITEM) | ~np.isfinite(flat_scores)
   if exclude is not None:
-    rows = np.arange(batch, dtype=np.int64)[:, None]
-    span = int(max(flat_ids.max(initial=0), exclude.max(initial=0))) + 1
-    dropped |= np.isin(rows * span + flat_ids, rows * span + exclude)
+    dropped |= is_member_of_row(
+        flat_ids, np.repeat(np.arange(batch), exclude.shape[1]),
+        exclude.ravel())
   # Candidates are already best first: the first n kept ones are the list.
   kept = np.argsort(dropped, axis=1, kind="stable")[:, :n]
   found = ~np.take_along_axis(dropped, kept, axis=1)
@@ -111,6 +111,24 @@ def merge_over_interests_numpy(ids: np.ndarray, scores: np.ndarray, n: int,
   return (np.pad(top_ids, [[0, 0], [0, missing]]),
           np.pad(top_scores, [[0, 0], [0, missing]],
                  constant_values=-np.inf))
+
+
+def is_member_of_row(values: np.ndarray, member_rows: np.ndarray,
+                     members: np.ndarray) -> np.ndarray:
+  """bool [B, W]: whether values[b, w] is among row b's members.
+
+  Args:
+    values: int (>= 0) [B, W].
+    member_rows: int [M], the row each member belongs to.
+    members: int (>= 0) [M].
+
+  Each (row, id) pair becomes one int64 key and the keys are matched by
+  sorting, so memory is linear in B * W + M (no [B, W, M] comparison).
+  """
+  span = int(max(values.max(initial=0), members.max(initial=0))) + 1
+  rows = np.arange(len(values), dtype=np.int64)[:, None]
+  return np.isin(rows * span + values,
+                 np.asarray(member_rows, np.int64) * span + members)
 
 
 def _is_member(values: tf.Tensor, members: tf.Tensor) -> tf.Tensor:

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from remi_tf import evaluation
-from remi_tf.retrieval import (exact_top_n, merge_over_interests,
+from remi_tf.retrieval import (exact_top_n, is_member_of_row,
+                               merge_over_interests,
                                merge_over_interests_numpy)
 
 
@@ -170,6 +171,15 @@ def test_merge_removes_duplicates_keeping_the_best_score(merge):
   np.testing.assert_array_equal(merged_ids, [[5, 3, 9, 0]])
   np.testing.assert_allclose(merged_scores[0, :3], [0.9, 0.7, 0.6])
   assert merged_scores[0, 3] == -np.inf
+
+
+def test_membership_is_per_row():
+  values = np.array([[3, 7, 0], [3, 7, 9]], np.int32)
+  # Row 0 holds 7; row 1 holds 3 and 9 (9 also beyond row 0's values).
+  member_of = is_member_of_row(values, np.array([0, 1, 1]),
+                               np.array([7, 3, 9], np.int32))
+  np.testing.assert_array_equal(member_of, [[False, True, False],
+                                            [True, False, True]])
 
 
 def test_merge_never_lists_a_candidate_scored_minus_infinity(merge):

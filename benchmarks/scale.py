@@ -468,7 +468,7 @@ def main(argv=None) -> int:
                    "--steps", str(args.train_steps)]),
         ("validate", [] if args.valid_users is None
          else ["--users", str(args.valid_users)]), ("export", [])):
-      _common.log(f"{phase}")
+      _common.log(phase)
       phases[phase] = run_json("benchmarks/scale_phases.py", phase,
                                "--work", work, "--cache-dir", cache_dir,
                                *flags)

@@ -45,7 +45,6 @@ from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,  # noq
                                  training_dataset)
 from remi_tf.optimizers import CatchUpCallback  # noqa: E402  pylint: disable=wrong-import-position
 
-WEIGHTS = "weights"
 EXPORT = "export"
 
 
@@ -57,17 +56,14 @@ def _reset_peak_rss() -> None:
 
 def _load(args):
   """(run config, dataset, model) of the work folder, the model with the
-  weights the train phase wrote."""
+  weights the train phase wrote (`training.best_model`, as a run's)."""
   with open(os.path.join(args.work, training.CONFIG_FILE),
             encoding="utf-8") as stored:
     run_config = runs.RunConfig.from_json(json.load(stored))
   dataset = load_dataset(run_config.dataset, run_config.raw_file,
                          run_config.threshold, cache_dir=args.cache_dir)
-  model = training.build_model(dataset, run_config.model,
-                               run_config.train.learning_rate,
-                               run_config.train.seed,
-                               run_config.train.optimizer)
-  model.load_weights(os.path.join(args.work, WEIGHTS)).expect_partial()
+  model = training.best_model(dataset, run_config.model, run_config.train,
+                              args.work)
   return run_config, dataset, model
 
 
@@ -96,7 +92,7 @@ def train(args) -> dict:
   model.fit(stream, steps_per_epoch=args.steps, epochs=1, verbose=0,
             callbacks=[CatchUpCallback()])
   seconds = time.perf_counter() - start
-  model.save_weights(os.path.join(args.work, WEIGHTS))
+  model.save_weights(os.path.join(args.work, training.BEST_WEIGHTS))
   return {"embedding_rows": dataset.num_items + 1,
           "seq_len": run_config.model.seq_len,
           "batch_size": run_config.train.batch_size,

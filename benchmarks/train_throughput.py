@@ -130,19 +130,21 @@ def build(args, num_items: int, beta: float, rr_lambda: float):
                               args.seed, args.optimizer)
 
 
-def summarize(rates, losses, warmup_seconds, models, variants, args):
-  """Per variant: the median rate and its details."""
+def summarize(items, rates, losses, warmup_seconds, models, variants, args):
+  """Per variant at table size `items`: the median rate and its details
+  (the other arguments are keyed by (items, variant))."""
   results = {}
   for name in variants:
-    rate = statistics.median(rates[name])
+    key = items, name
+    rate = statistics.median(rates[key])
     results[name] = {
         "samples_per_second": rate,
         "steps_per_second": rate / args.batch_size,
         "ms_per_step": 1e3 * args.batch_size / rate,
-        "all_samples_per_second": rates[name],
-        "warmup_seconds": warmup_seconds.get(name),
-        "final_loss": losses[name],
-        "optimizer_class": type(models[name].optimizer).__name__,
+        "all_samples_per_second": rates[key],
+        "warmup_seconds": warmup_seconds.get(key),
+        "final_loss": losses[key],
+        "optimizer_class": type(models[key].optimizer).__name__,
         "beta": variants[name][0], "rr_lambda": variants[name][1],
     }
   return results
@@ -185,14 +187,9 @@ def main(argv=None) -> int:
                   f"{args.steps} steps in {seconds:.2f}s = {rate:,.0f} "
                   f"samples/s (loss {losses[items, name]:.3f})")
 
-  by_items = {
-      items: summarize({name: rates[items, name] for name in variants},
-                       {name: losses[items, name] for name in variants},
-                       {name: warmup_seconds.get((items, name))
-                        for name in variants},
-                       {name: models[items, name] for name in variants},
-                       variants, args)
-      for items in args.items}
+  by_items = {items: summarize(items, rates, losses, warmup_seconds, models,
+                               variants, args)
+              for items in args.items}
   first = args.items[0]
   plain = by_items[first]["plain"]["samples_per_second"]
   remi = by_items[first]["remi"]["samples_per_second"]
@@ -201,17 +198,18 @@ def main(argv=None) -> int:
              "ratio_remi_over_plain": remi / plain,
              "overhead_percent": (plain / remi - 1.0) * 100.0}
   targets = dict(TARGETS)
-  if len(args.items) > 1:
-    ratios = {items: by_items[items]["remi"]["samples_per_second"] / remi
-              for items in args.items}
+  several = len(args.items) > 1
+  ratios = {items: by_items[items]["remi"]["samples_per_second"] / remi
+            for items in args.items}
+  if several:
     figures["smallest_rate_ratio"] = min(ratios.values())
     targets["smallest_rate_ratio"] = SCALING_TARGET
   _common.log(f"remi/plain = {figures['ratio_remi_over_plain']:.3f}, "
               f"overhead {figures['overhead_percent']:.1f}%")
   _common.emit("train_throughput", args, {
       **figures, "variants": by_items[first], "num_items": first - 1,
-      "by_items": by_items if len(args.items) > 1 else None,
-      "remi_rate_ratio_by_items": ratios if len(args.items) > 1 else None,
+      "by_items": by_items if several else None,
+      "remi_rate_ratio_by_items": ratios if several else None,
       "targets": {**_common.describe_targets(targets),
                   "aim_samples_per_second": AIM_SAMPLES_PER_SECOND},
       "meets_targets": _common.check_targets(figures, targets),

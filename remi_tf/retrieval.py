@@ -83,34 +83,30 @@ def merge_over_interests_numpy(ids: np.ndarray, scores: np.ndarray, n: int,
     (ids int [B, n], scores float [B, n]) as `merge_over_interests`.
   """
   batch = ids.shape[0]
-  flat_ids = ids.reshape(batch, -1)
-  flat_scores = scores.reshape(batch, -1)
-  order = np.argsort(-flat_scores, axis=1, kind="stable")
-  flat_ids = np.take_along_axis(flat_ids, order, axis=1)
-  flat_scores = np.take_along_axis(flat_scores, order, axis=1)
-  by_id = np.argsort(flat_ids, axis=1, kind="stable")
-  sorted_ids = np.take_along_axis(flat_ids, by_id, axis=1)
-  repeated = np.zeros(sorted_ids.shape, bool)
-  repeated[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
-  dropped = np.empty_like(repeated)
-  np.put_along_axis(dropped, by_id, repeated, axis=1)
+  rows = np.arange(batch)[:, None]
+  order = np.argsort(-scores.reshape(batch, -1), axis=1, kind="stable")
+  flat_ids = ids.reshape(batch, -1)[rows, order]
+  flat_scores = scores.reshape(batch, -1)[rows, order]
+  # np.unique keeps each (row, id) key's first, i.e. best scored, candidate.
+  first = np.zeros(flat_ids.size, bool)
+  first[np.unique(_row_keys(flat_ids, flat_ids.max(initial=0) + 1).ravel(),
+                  return_index=True)[1]] = True
   # A candidate scored -inf is never listed, as in the TensorFlow merge.
-  dropped |= (flat_ids == NO_ITEM) | ~np.isfinite(flat_scores)
+  kept = (first.reshape(flat_ids.shape) & (flat_ids != NO_ITEM)
+          & np.isfinite(flat_scores))
   if exclude is not None:
-    dropped |= is_member_of_row(
+    kept &= ~is_member_of_row(
         flat_ids, np.repeat(np.arange(batch), exclude.shape[1]),
         exclude.ravel())
   # Candidates are already best first: the first n kept ones are the list.
-  kept = np.argsort(dropped, axis=1, kind="stable")[:, :n]
-  found = ~np.take_along_axis(dropped, kept, axis=1)
-  top_ids = np.where(found, np.take_along_axis(flat_ids, kept, axis=1),
-                     NO_ITEM)
-  top_scores = np.where(found, np.take_along_axis(flat_scores, kept, axis=1),
-                        -np.inf).astype(flat_scores.dtype)
-  missing = n - top_ids.shape[1]
-  return (np.pad(top_ids, [[0, 0], [0, missing]]),
-          np.pad(top_scores, [[0, 0], [0, missing]],
-                 constant_values=-np.inf))
+  place = np.cumsum(kept, axis=1) - 1
+  listed = kept & (place < n)
+  top_ids = np.full((batch, n), NO_ITEM, flat_ids.dtype)
+  top_scores = np.full((batch, n), -np.inf, flat_scores.dtype)
+  slots = np.nonzero(listed)[0], place[listed]
+  top_ids[slots] = flat_ids[listed]
+  top_scores[slots] = flat_scores[listed]
+  return top_ids, top_scores
 
 
 def is_member_of_row(values: np.ndarray, member_rows: np.ndarray,
@@ -126,9 +122,14 @@ def is_member_of_row(values: np.ndarray, member_rows: np.ndarray,
   sorting, so memory is linear in B * W + M (no [B, W, M] comparison).
   """
   span = int(max(values.max(initial=0), members.max(initial=0))) + 1
-  rows = np.arange(len(values), dtype=np.int64)[:, None]
-  return np.isin(rows * span + values,
-                 np.asarray(member_rows, np.int64) * span + members)
+  return np.isin(_row_keys(values, span),
+                 np.asarray(member_rows, np.int64) * span + members,
+                 kind="sort")
+
+
+def _row_keys(values: np.ndarray, span: int) -> np.ndarray:
+  """int64 [B, W]: b * span + values[b, w], one key per (row, value)."""
+  return np.arange(len(values), dtype=np.int64)[:, None] * span + values
 
 
 def _is_member(values: tf.Tensor, members: tf.Tensor) -> tf.Tensor:

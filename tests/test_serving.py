@@ -170,6 +170,38 @@ def test_health_and_metadata_without_machine_paths(service):
   assert ROOT not in response.text and '"/' not in response.text
 
 
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 422, "JSON"),
+    (json.dumps({"history": "abc", "k": 5}).encode(), 422, "history"),
+    (json.dumps({"history": ["1"], "k": "five"}).encode(), 422, "k"),
+    (json.dumps({"history": [], "k": 5}).encode(), 422, "empty"),
+    (json.dumps({"history": ["no-such-item"], "k": 5}).encode(), 422,
+     "known"),
+    (json.dumps({"history": ["1"], "k": 0}).encode(), 422, "between 1"),
+    (json.dumps({"history": ["1"], "k": 201}).encode(), 422, "between 1"),
+    (json.dumps({"history": ["1"], "extra": 1}).encode(), 422, "extra"),
+    (b'{"history": ["' + b"x" * (2 << 20) + b'"]}', 413, "Too Large"),
+    # The same body sent in chunks, without a declared length.
+    (iter([b'{"history": ["'] + [b"x" * (1 << 16)] * 32 + [b'"]}']), 413,
+     "Too Large"),
+])
+def test_bad_requests_get_4xx_and_the_service_keeps_serving(
+    service, user, body, status, message):
+  response = httpx.post(f"{service}/v1/recommend", content=body,
+                        headers={"content-type": "application/json"})
+  assert response.status_code == status
+  assert message in response.text
+  assert httpx.post(f"{service}/v1/recommend",
+                    json={"history": user[0], "k": 2}).status_code == 200
+
+
+def test_a_batch_above_the_limit_is_refused(service, user):
+  requests = [{"history": user[0], "k": 2}] * (service_app.MAX_BATCH + 1)
+  response = httpx.post(f"{service}/v1/recommend:batch",
+                        json={"requests": requests})
+  assert response.status_code == 422 and "requests" in response.text
+
+
 def _rss_bytes(pid):
   with open(f"/proc/{pid}/status") as status:
     for line in status:

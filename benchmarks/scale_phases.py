@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,8 +40,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=wrong-import-position
 
 from remi_tf import evaluation, export, runs, training  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import load_dataset  # noqa: E402  pylint: disable=wrong-import-position
-from remi_tf.data.inputs import (EvaluationExamples, evaluation_examples,  # noqa: E402  pylint: disable=wrong-import-position
-                                 training_dataset)
+from remi_tf.data.inputs import evaluation_examples, training_dataset  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.optimizers import CatchUpCallback  # noqa: E402  pylint: disable=wrong-import-position
 
 EXPORT = "export"
@@ -103,17 +101,6 @@ def train(args) -> dict:
               args.steps * run_config.train.batch_size / seconds}
 
 
-def first_users(examples: EvaluationExamples,
-                users: Optional[int]) -> EvaluationExamples:
-  """The examples of the first `users` users (all if None)."""
-  if users is None or users >= examples.num_users:
-    return examples
-  return EvaluationExamples(
-      histories=examples.histories[:users],
-      target_offsets=examples.target_offsets[:users + 1],
-      target_items=examples.target_items[:examples.target_offsets[users]])
-
-
 def validate(args) -> dict:
   """The validate phase: one exact pass and what it costs beyond the model."""
   run_config, dataset, model = _load(args)
@@ -121,9 +108,8 @@ def validate(args) -> dict:
   before_mb = cli.memory_mb("VmRSS")
   _reset_peak_rss()
   start = time.perf_counter()
-  examples = first_users(evaluation_examples(dataset.valid,
-                                            run_config.model.seq_len),
-                         args.users)
+  examples = evaluation_examples(dataset.valid,
+                                 run_config.model.seq_len).first(args.users)
   metrics = evaluation.evaluate(model.tower, examples)
   seconds = time.perf_counter() - start
   pass_peak_mb = cli.memory_mb()

@@ -73,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--patience", type=int, help="validations without "
                       "improvement before stopping (default 50)")
   parser.add_argument("--seed", type=int, help="default 2023")
+  parser.add_argument("--eval-users", type=int, help="validate and test on "
+                      "this many users of each split, a seeded\nrandom "
+                      "sample (default: all, as the protocol; for catalogs "
+                      "of millions)")
   parser.add_argument("--strategy", choices=distribute.STRATEGIES,
                       default="none", help="tf.distribute strategy (default "
                       "none); multi-worker and parameter-server\nread the "
@@ -122,7 +126,7 @@ def train(args: argparse.Namespace) -> int:
       batch_size=args.batch_size, learning_rate=args.learning_rate,
       optimizer=args.optimizer,
       max_steps=args.max_steps, eval_every=args.eval_every,
-      patience=args.patience, seed=args.seed)
+      patience=args.patience, seed=args.seed, eval_users=args.eval_users)
   run_dir = args.output or runs.default_run_dir(run_config)
   export_dir = None if args.no_export else (
       args.export_dir or os.path.join("saved_models", args.dataset))

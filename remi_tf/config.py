@@ -3,7 +3,7 @@ training hyper-parameters. Flags, functions and tests read them from here."""
 
 import dataclasses
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ RANGES = {
     "threshold": (1, True), "negatives": (1, True), "batch_size": (1, True),
     "max_steps": (1, True), "eval_every": (1, True), "patience": (1, True),
     "seed": (0, True), "beta": (0.0, True), "rr_lambda": (0.0, True),
-    "learning_rate": (0.0, False),
+    "learning_rate": (0.0, False), "eval_users": (1, True),
 }
 MAX_SEED = 2**32 - 1
 
@@ -119,5 +119,10 @@ class TrainConfig:
   eval_every: int = 1000
   patience: int = 50
   seed: int = 2023
+  # Validation and test on the first this many users of each split (a
+  # seeded random sample); None, the protocol, takes them all. Exact
+  # evaluation costs a pass over the whole catalog per user, so with
+  # millions of items a sample keeps it within hours of training.
+  eval_users: Optional[int] = None
   topn: tuple = (20, 50)
   selection_metric: str = "recall@50"

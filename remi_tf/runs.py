@@ -52,7 +52,7 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   non-None override (names as the train.py flags: model, interests,
   embedding_dim, embedding_init, seq_len, threshold, beta, rr_lambda,
   negatives, sampler, batch_size, learning_rate, optimizer, max_steps,
-  eval_every, patience, seed).
+  eval_every, patience, seed, eval_users).
 
   Raises:
     ValueError: an unknown setting or choice, or a value out of its range
@@ -87,7 +87,8 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   for name in config.RANGES:
     value = threshold if name == "threshold" else getattr(
         model if name in model_fields else train, name)
-    config.check_range(name, value)
+    if value is not None:  # an optional setting left unset
+      config.check_range(name, value)
   return RunConfig(dataset=dataset,
                    raw_file=os.path.abspath(raw_file) if raw_file else None,
                    threshold=threshold, model=model, train=train)
@@ -175,7 +176,8 @@ def train_run(run_config: RunConfig, run_dir: str,
       return {}
     model = result.model
     test = evaluation.evaluate(model.tower, evaluation_examples(
-        dataset.test, run_config.model.seq_len))
+        dataset.test, run_config.model.seq_len).first(
+            run_config.train.eval_users))
     metrics = {"valid": result.valid, "test": test,
                "config": run_config.to_json(), "dataset": dataset.stats,
                "routing": result.routing,

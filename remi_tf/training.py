@@ -332,7 +332,8 @@ def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
   if task.strategy != "none" and task.is_chief:
     _log.info("item table placement: %s", json.dumps(
         distribute.describe_placement(model.tower.item_embedding.embeddings)))
-  valid_examples = evaluation_examples(dataset.valid, model_config.seq_len)
+  valid_examples = evaluation_examples(
+      dataset.valid, model_config.seq_len).first(train_config.eval_users)
   if model_config.model == "pop":
     record = {"valid": evaluation.evaluate(model.tower, valid_examples),
               "steps": 0, "train_seconds": 0.0, "routing": {}}

@@ -165,3 +165,17 @@ def test_evaluation_examples_match_a_loop_on_random_splits():
       assert list(examples.histories[user]) == expected_history(
           sequence, cut, seq_len)
       assert list(examples.targets(user)) == sequence[cut:]
+
+
+@pytest.mark.parametrize("users", [1, 3, 7, 100, None])
+def test_first_users_keep_their_histories_and_targets(users):
+  lengths = (5, 9, 12, 6, 30, 8, 11)
+  examples = evaluation_examples(make_split(lengths), seq_len=4)
+  first = examples.first(users)
+  kept = len(lengths) if users is None else min(users, len(lengths))
+  assert first.num_users == kept
+  assert len(first.target_items) == first.target_offsets[-1]
+  for user in range(kept):
+    np.testing.assert_array_equal(first.histories[user],
+                                  examples.histories[user])
+    np.testing.assert_array_equal(first.targets(user), examples.targets(user))

@@ -13,7 +13,7 @@ import sys
 import time
 
 from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS, run_pipeline
-from remi_tf import layout, runs, training
+from remi_tf import evaluation, layout, runs, training
 
 # Wall-clock figures differ between any two runs.
 WALL_CLOCK = ("train_seconds", "samples_per_second")
@@ -111,6 +111,27 @@ def test_last_interval_is_shorter_so_exactly_max_steps_are_trained(tiny_run,
   history = training.read_history(str(tmp_path / "run"))
   assert [int(row["step"]) for row in history] == [20, 40, 50]
   assert all("val_recall@50" in row for row in history)
+
+
+def test_eval_users_bounds_validation_and_test(tiny_run, tmp_path,
+                                               monkeypatch):
+  _, _, cache = tiny_run
+  evaluated = []
+  evaluate = evaluation.evaluate
+
+  def counting_evaluate(tower, examples, *args, **kwargs):
+    evaluated.append(examples.num_users)
+    return evaluate(tower, examples, *args, **kwargs)
+
+  monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
+  run_config = runs.resolve_config(
+      "csv", BOOKS_SLICE, max_steps=20, eval_every=10, embedding_dim=8,
+      negatives=64, batch_size=16, eval_users=3)
+  metrics = runs.train_run(run_config, str(tmp_path / "run"),
+                           cache_dir=str(cache))
+  # Two validations and the test, each on 3 of the split's users.
+  assert evaluated == [3, 3, 3]
+  assert metrics["config"]["train"]["eval_users"] == 3
 
 
 def test_complete_run_is_found_by_the_same_command(tmp_path):

@@ -103,6 +103,7 @@ OUT_OF_RANGE = [
     ("--seed", "-1"), ("--seed", str(2**32)), ("--beta", "-0.5"),
     ("--beta", "inf"), ("--rr-lambda", "-1"), ("--learning-rate", "0"),
     ("--learning-rate", "-1"), ("--learning-rate", "nan"),
+    ("--eval-users", "0"),
 ]
 
 

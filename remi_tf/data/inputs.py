@@ -6,6 +6,7 @@ so learned position embeddings index positions from the oldest kept item).
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -101,6 +102,17 @@ class EvaluationExamples:
     """int32 [T_u]: the held-out items of one user, in time order."""
     return self.target_items[self.target_offsets[user]:
                              self.target_offsets[user + 1]]
+
+  def first(self, users: Optional[int]) -> "EvaluationExamples":
+    """The examples of the first `users` users (all of them if None). The
+    protocol's splits list users in a seeded shuffled order, so these are
+    a random sample of the split."""
+    if users is None or users >= self.num_users:
+      return self
+    return EvaluationExamples(
+        histories=self.histories[:users],
+        target_offsets=self.target_offsets[:users + 1],
+        target_items=self.target_items[:self.target_offsets[users]])
 
 
 def evaluation_examples(split: UserSequences,

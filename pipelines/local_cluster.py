@@ -103,10 +103,15 @@ def main(argv=None) -> int:
   print(f"logs of the tasks other than the chief: {log_dir}", flush=True)
   try:
     with local:
-      return local.wait()
+      status = local.wait()
   except KeyboardInterrupt:
     print("interrupted: every task stopped", file=sys.stderr)
     return 130
+  if local.peak_memory_mb:
+    print("peak resident memory per task: " + "; ".join(
+        f"{task_type} {index} {megabytes:,.0f} MB" for (task_type, index),
+        megabytes in sorted(local.peak_memory_mb.items())), flush=True)
+  return status
 
 
 def _default_log_dir(train_flags) -> str:

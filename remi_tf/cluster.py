@@ -29,6 +29,8 @@ import subprocess
 import time
 from typing import Dict, IO, List, Mapping, Optional, Sequence, Tuple
 
+from remi_tf import cli
+
 HOST = "127.0.0.1"
 CHIEF, WORKER, PS = "chief", "worker", "ps"
 STRATEGY_FLAG = "--strategy"
@@ -231,6 +233,10 @@ class LocalCluster:
     self._logs: Dict[Task, IO] = {}
     self._restarts: Dict[Task, int] = {}
     self._previous_sigterm = None
+    # Each task's peak resident memory (MB, the largest of its restarts),
+    # sampled while `wait` polls: a peak reached within the last poll
+    # before a task exits is missed. Empty where /proc is missing.
+    self.peak_memory_mb: Dict[Task, float] = {}
 
   def tasks(self) -> List[Task]:
     """Every task, in the order they start: ps, workers, chief."""
@@ -304,7 +310,15 @@ class LocalCluster:
       else:
         if len(ended) == len(self._processes):
           return 0
+        self._sample_memory()
         time.sleep(_POLL_SECONDS)
+
+  def _sample_memory(self) -> None:
+    for task, process in self._processes.items():
+      with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        peak = cli.memory_mb("VmHWM", str(process.pid))
+        self.peak_memory_mb[task] = max(peak,
+                                        self.peak_memory_mb.get(task, 0.0))
 
   def _may_restart(self, task: Task) -> bool:
     return (task[0] == WORKER and PS in self.cluster

@@ -6,9 +6,10 @@ records what it was started with, then does what the plan says.
 It writes DIR/<type>-<index>.<pid>.json: its pid, argv, TF_CONFIG and
 GRPC_FAIL_FAST (and the pid of a child it started, with "spawn"). The plan
 maps "<type>-<index>" to what that task does:
-  {"exit": code, "after": seconds, "wait_for": n, "spawn": true}
+  {"exit": code, "after": seconds, "wait_for": n, "spawn": true,
+   "hold_mb": m}
 exit with `code` after `seconds`, or once DIR holds `n` records; start a
-child that sleeps first. A task without an entry serves (sleeps) until it
+child that sleeps first; hold m MB of touched memory from the start. A task without an entry serves (sleeps) until it
 is stopped, as a tf.distribute.Server does.
 """
 
@@ -31,6 +32,7 @@ def main() -> int:
   config = json.loads(os.environ["TF_CONFIG"])
   name = f"{config['task']['type']}-{config['task']['index']}"
   plan = json.loads(args.plan).get(name, {})
+  held = b"\1" * (plan.get("hold_mb", 0) << 20)  # written, so resident
   record = {"pid": os.getpid(), "argv": sys.argv[1:], "tf_config": config,
             "grpc_fail_fast": os.environ.get("GRPC_FAIL_FAST")}
   if plan.get("spawn"):
@@ -48,6 +50,7 @@ def main() -> int:
     while len(glob.glob(os.path.join(args.out, "*.json"))) < plan["wait_for"]:
       time.sleep(0.05)
   time.sleep(plan.get("after", 0))
+  del held
   return plan["exit"]
 
 

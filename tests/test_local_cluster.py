@@ -178,6 +178,17 @@ def test_exit_status_is_the_chiefs_and_servers_are_stopped(tmp_path,
   assert "child_pid" in found["worker-0"][0]  # stopped with its task
 
 
+def test_peak_memory_is_reported_per_task(tmp_path):
+  plan = {"ps-0": {"hold_mb": 200},
+          "chief-0": {"wait_for": 3, "after": 1.0, "exit": 0}}
+  status, _, local = run_cluster(tmp_path, plan, workers=1, ps=1)
+  assert status == 0
+  peaks = local.peak_memory_mb
+  assert set(peaks) == {("chief", 0), ("worker", 0), ("ps", 0)}
+  assert peaks[("ps", 0)] >= 200
+  assert max(peaks[("chief", 0)], peaks[("worker", 0)]) < 100
+
+
 def test_a_failing_task_stops_all_others(tmp_path):
   plan = {"ps-1": {"wait_for": 5, "exit": 4}, "chief-0": {"spawn": True}}
   status, found, _ = run_cluster(tmp_path, plan, workers=2, ps=2)
@@ -241,6 +252,7 @@ def test_pipeline_runs_train_with_the_strategy(tmp_path, ps, strategy):
     assert record["argv"][-2:] == ["--strategy", strategy]
   log_dir = output / "cluster-logs"
   assert str(log_dir) in stdout
+  assert "peak resident memory per task: " in stdout and "worker 1 " in stdout
   assert "worker-1.log" in os.listdir(log_dir)
   assert_all_gone(pids(found))
 

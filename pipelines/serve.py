@@ -26,17 +26,29 @@ def main(argv=None) -> int:
                       "for the user tower instead of running it in-process")
   parser.add_argument("--max-k", type=int, default=500,
                       help="largest k a request may ask for")
-  parser.add_argument("--version", type=int,
-                      help="the export version to serve (default the newest)")
+  parser.add_argument("--model-version", "--version", type=int,
+                      dest="version", help="serve this export version only "
+                      "(default: the newest, and\nnewer ones as they are "
+                      "exported)")
+  parser.add_argument("--poll-seconds", type=float,
+                      default=serving.DEFAULT_POLL_SECONDS,
+                      help="how often to look for a new version in "
+                      "--model-dir (default %(default)g; 0: never)")
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
+  if args.poll_seconds < 0:
+    parser.error(f"--poll-seconds must be >= 0, not {args.poll_seconds}")
+
+  def load(version):
+    return serving.Recommender(serving.load_artifacts(
+        args.model_dir, args.tf_serving_url, version), args.max_k)
+
   try:
-    artifacts = serving.load_artifacts(args.model_dir, args.tf_serving_url,
-                                       args.version)
+    model = serving.ServedModel(args.model_dir, load, args.version)
   except serving.ModelFolderError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  app = serving.create_app(serving.Recommender(artifacts, args.max_k))
+  app = serving.create_app(model, args.poll_seconds or None)
   import uvicorn  # pylint: disable=g-import-not-at-top
   uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
   return 0

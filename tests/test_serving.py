@@ -161,11 +161,12 @@ def test_batch_answers_each_request(service, user):
 
 
 def test_health_and_metadata_without_machine_paths(service):
-  assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}
+  assert httpx.get(f"{service}/healthz").json() == {"status": "ok",
+                                                    "model_version": 1}
   response = httpx.get(f"{service}/v1/metadata")
   metadata = response.json()
   assert metadata["seq_len"] == 20 and metadata["index"]["recall"] >= 0.99
-  assert metadata["version"] == 1
+  assert metadata["version"] == metadata["model_version"] == 1
   assert metadata["raw_file"]["name"] == metadata["config"]["raw_file"]
   assert ROOT not in response.text and '"/' not in response.text
 

@@ -2,24 +2,28 @@
 
   POST /v1/recommend        {"history": [...], "k": 50, "exclude_history": true}
                             -> {"items": [...], "scores": [...],
-                                "unknown_ids": <ids of the history ignored>}
+                                "unknown_ids": <ids of the history ignored>,
+                                "model_version": <the version answering>}
   POST /v1/recommend:batch  {"requests": [<recommend body>, ...]}
                             -> {"results": [<recommend answer>, ...]}
-  GET  /healthz             -> {"status": "ok"}
-  GET  /v1/metadata         -> the served version's metadata
+  GET  /healthz             -> {"status": "ok", "model_version": v}
+  GET  /v1/metadata         -> the served version's metadata (and
+                               "model_version")
 
 Bad requests get a 4xx with a message; the service keeps serving.
 """
 
-from typing import List, Union
+import contextlib
+from typing import List, Optional, Union
 
 import fastapi
 from fastapi import responses
 import pydantic
 
+import remi_tf
 from remi_tf.serving.backends import UserTowerError
-from remi_tf.serving.recommender import (Recommendation, Recommender,
-                                         RequestError)
+from remi_tf.serving.recommender import Recommendation, RequestError
+from remi_tf.serving.reload import DEFAULT_POLL_SECONDS, ServedModel
 
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH = 256
@@ -42,17 +46,33 @@ class BatchRequest(pydantic.BaseModel):
                                                     max_length=MAX_BATCH)
 
 
-def _answer(recommendation: Recommendation) -> dict:
+def _answer(recommendation: Recommendation, version: int) -> dict:
   return {"items": recommendation.items, "scores": recommendation.scores,
-          "unknown_ids": recommendation.unknown_ids}
+          "unknown_ids": recommendation.unknown_ids,
+          "model_version": version}
 
 
-def create_app(recommender: Recommender,
+def create_app(model: ServedModel,
+               poll_seconds: Optional[float] = DEFAULT_POLL_SECONDS,
                max_body_bytes: int = MAX_BODY_BYTES) -> fastapi.FastAPI:
-  """The FastAPI application around a loaded `Recommender`."""
-  app = fastapi.FastAPI(title="remi-tf retrieval",
-                        version=str(recommender.artifacts.version),
-                        max_body_size=max_body_bytes)
+  """The FastAPI application around a `ServedModel`.
+
+  Each request reads the served `Recommender` once, so its answer comes
+  from one version, named in it as `model_version`. While the application
+  runs, `model` checks for new versions every `poll_seconds` (None: never).
+  """
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    if poll_seconds is not None:
+      model.start(poll_seconds)
+    try:
+      yield
+    finally:
+      model.stop()
+
+  app = fastapi.FastAPI(title="remi-tf retrieval", version=remi_tf.__version__,
+                        max_body_size=max_body_bytes, lifespan=lifespan)
 
   @app.exception_handler(RequestError)
   async def request_error(_, error: RequestError):
@@ -66,11 +86,12 @@ def create_app(recommender: Recommender,
 
   @app.get("/healthz")
   async def healthz():
-    return {"status": "ok"}
+    return {"status": "ok", "model_version": model.version}
 
   @app.get("/v1/metadata")
   async def metadata():
-    return recommender.artifacts.metadata
+    artifacts = model.current.artifacts
+    return {**artifacts.metadata, "model_version": artifacts.version}
 
   # A single answer takes a few milliseconds, and the hop to a worker
   # thread that FastAPI makes for a `def` endpoint would add a third of that:
@@ -78,12 +99,15 @@ def create_app(recommender: Recommender,
   # milliseconds, so it goes to a worker thread and the loop stays free.
   @app.post("/v1/recommend")
   async def recommend(request: RecommendRequest):
+    recommender = model.current
     answer = recommender.recommend([[str(i) for i in request.history]],
                                    request.k, request.exclude_history)[0]
-    return responses.JSONResponse(_answer(answer))
+    return responses.JSONResponse(_answer(answer,
+                                          recommender.artifacts.version))
 
   @app.post("/v1/recommend:batch")
   def recommend_batch(batch: BatchRequest):
+    recommender = model.current
     groups = {}
     for position, request in enumerate(batch.requests):
       groups.setdefault((request.k, request.exclude_history), []).append(
@@ -94,7 +118,7 @@ def create_app(recommender: Recommender,
                    for p in positions]
       for position, answer in zip(positions, recommender.recommend(
           histories, k, exclude)):
-        results[position] = _answer(answer)
+        results[position] = _answer(answer, recommender.artifacts.version)
     # Returned as is: FastAPI's generic encoder would walk every item.
     return responses.JSONResponse({"results": results})
 

@@ -22,7 +22,8 @@ import pydantic
 
 import remi_tf
 from remi_tf.serving.backends import UserTowerError
-from remi_tf.serving.recommender import Recommendation, RequestError
+from remi_tf.serving.batching import DEFAULT_MAX_BATCH, RequestBatcher
+from remi_tf.serving.recommender import Query, Recommendation, RequestError
 from remi_tf.serving.reload import DEFAULT_POLL_SECONDS, ServedModel
 
 MAX_BODY_BYTES = 1 << 20
@@ -46,6 +47,11 @@ class BatchRequest(pydantic.BaseModel):
                                                     max_length=MAX_BATCH)
 
 
+def _query(request: RecommendRequest) -> Query:
+  return Query([str(i) for i in request.history], request.k,
+               request.exclude_history)
+
+
 def _answer(recommendation: Recommendation, version: int) -> dict:
   return {"items": recommendation.items, "scores": recommendation.scores,
           "unknown_ids": recommendation.unknown_ids,
@@ -54,13 +60,17 @@ def _answer(recommendation: Recommendation, version: int) -> dict:
 
 def create_app(model: ServedModel,
                poll_seconds: Optional[float] = DEFAULT_POLL_SECONDS,
+               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0,
                max_body_bytes: int = MAX_BODY_BYTES) -> fastapi.FastAPI:
   """The FastAPI application around a `ServedModel`.
 
   Each request reads the served `Recommender` once, so its answer comes
   from one version, named in it as `model_version`. While the application
   runs, `model` checks for new versions every `poll_seconds` (None: never).
+  Concurrent single requests are answered in batches of at most
+  `max_batch`, each waiting `batch_wait_ms` for more (`RequestBatcher`).
   """
+  batcher = RequestBatcher(model, max_batch, batch_wait_ms)
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -93,33 +103,23 @@ def create_app(model: ServedModel,
     artifacts = model.current.artifacts
     return {**artifacts.metadata, "model_version": artifacts.version}
 
-  # A single answer takes a few milliseconds, and the hop to a worker
-  # thread that FastAPI makes for a `def` endpoint would add a third of that:
-  # it is answered on the event loop. A batch may take tens of
-  # milliseconds, so it goes to a worker thread and the loop stays free.
+  # Single requests are batched on the event loop: the hop to a worker
+  # thread that FastAPI makes for a `def` endpoint would add a third to a
+  # lone request's time. A batch request may take tens of milliseconds, so
+  # it goes to a worker thread and the loop stays free.
   @app.post("/v1/recommend")
   async def recommend(request: RecommendRequest):
-    recommender = model.current
-    answer = recommender.recommend([[str(i) for i in request.history]],
-                                   request.k, request.exclude_history)[0]
-    return responses.JSONResponse(_answer(answer,
-                                          recommender.artifacts.version))
+    answer, version = await batcher.recommend(_query(request))
+    return responses.JSONResponse(_answer(answer, version))
 
   @app.post("/v1/recommend:batch")
   def recommend_batch(batch: BatchRequest):
     recommender = model.current
-    groups = {}
-    for position, request in enumerate(batch.requests):
-      groups.setdefault((request.k, request.exclude_history), []).append(
-          position)
-    results = [None] * len(batch.requests)
-    for (k, exclude), positions in groups.items():
-      histories = [[str(i) for i in batch.requests[p].history]
-                   for p in positions]
-      for position, answer in zip(positions, recommender.recommend(
-          histories, k, exclude)):
-        results[position] = _answer(answer, recommender.artifacts.version)
+    answers = recommender.recommend_queries(
+        [_query(request) for request in batch.requests])
     # Returned as is: FastAPI's generic encoder would walk every item.
-    return responses.JSONResponse({"results": results})
+    return responses.JSONResponse({"results": [
+        _answer(answer, recommender.artifacts.version)
+        for answer in answers]})
 
   return app

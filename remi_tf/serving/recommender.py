@@ -19,6 +19,16 @@ class RequestError(ValueError):
   """A request the model cannot answer (a 4xx, not a server fault)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One user's request: raw-id history (oldest first), list length, and
+  whether to leave the history's items out."""
+
+  history: Sequence[str]
+  k: int = 50
+  exclude_history: bool = True
+
+
 @dataclasses.dataclass
 class Recommendation:
   """One user's answer: raw item ids, best first, their scores, and how
@@ -83,6 +93,26 @@ class Recommender:
           items=vocabulary.to_raw(row_ids[found]),
           scores=row_scores[found].tolist(),
           unknown_ids=len(history) - len(row_known)))
+    return answers
+
+
+  def recommend_queries(self, queries: Sequence[Query]
+                        ) -> List[Recommendation]:
+    """The answers of `queries`, in order: one `recommend` call per
+    distinct (k, exclude_history).
+
+    Raises:
+      RequestError: as `recommend`, for the first group holding a query
+        it cannot answer.
+    """
+    groups = {}
+    for position, query in enumerate(queries):
+      groups.setdefault((query.k, query.exclude_history), []).append(position)
+    answers = [None] * len(queries)
+    for (k, exclude_history), positions in groups.items():
+      for position, answer in zip(positions, self.recommend(
+          [queries[p].history for p in positions], k, exclude_history)):
+        answers[position] = answer
     return answers
 
 

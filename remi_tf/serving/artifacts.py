@@ -8,8 +8,9 @@ from typing import Optional
 from remi_tf import layout
 from remi_tf.index import ItemIndex
 from remi_tf.layout import ModelFolderError
-from remi_tf.serving.backends import (InProcessUserTower, TFServingUserTower,
-                                      UserTowerBackend)
+from remi_tf.serving.backends import (InProcessUserTower,
+                                      TFServingGrpcUserTower,
+                                      TFServingUserTower, UserTowerBackend)
 from remi_tf.vocabulary import ItemVocabulary
 
 
@@ -26,20 +27,27 @@ class ServingArtifacts:
 
 
 def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
-                   version: Optional[int] = None) -> ServingArtifacts:
+                   version: Optional[int] = None,
+                   tf_serving_grpc: Optional[str] = None) -> ServingArtifacts:
   """Loads one version of an export folder written by `remi_tf.export`.
 
   Args:
     model_dir: `saved_models/<name>`.
     tf_serving_url: TF Serving's REST model URL
       (`http://HOST:8501/v1/models/user_tower`); requests go to the loaded
-      version (`.../versions/<v>`), never to another one. None runs the user
-      tower in-process from `user_tower/<v>`.
+      version (`.../versions/<v>`), never to another one.
     version: the version to load; default the newest complete one.
+    tf_serving_grpc: TF Serving's gRPC address (`HOST:8500`) instead; it
+      is asked for model `user_tower`, the loaded version. With neither
+      address the user tower runs in-process from `user_tower/<v>`.
 
   Raises:
     ModelFolderError: naming what is missing or unreadable.
+    ValueError: both TF Serving addresses are given.
   """
+  if tf_serving_url and tf_serving_grpc:
+    raise ValueError("give TF Serving's REST URL or its gRPC address, "
+                     "not both")
   version = layout.resolve_version(model_dir, version)
   metadata = layout.read_metadata(model_dir, version)
   try:
@@ -55,6 +63,8 @@ def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
                            f"{type(error).__name__}: {error}") from None
   if tf_serving_url:
     backend = TFServingUserTower(tf_serving_url, version)
+  elif tf_serving_grpc:
+    backend = TFServingGrpcUserTower(tf_serving_grpc, version)
   else:
     path = layout.piece_dir(model_dir, layout.USER_TOWER, version)
     try:

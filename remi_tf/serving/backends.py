@@ -1,8 +1,8 @@
 """User-tower backends of the service: the exported SavedModel in-process,
-or TF Serving's REST predict API."""
+or TF Serving's REST predict API, or its gRPC `PredictionService`."""
 
 import abc
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -65,3 +65,102 @@ class TFServingUserTower(UserTowerBackend):
                            f"outputs: {error}") from None
     interests = outputs["interests"] if isinstance(outputs, dict) else outputs
     return np.asarray(interests, dtype=np.float32)
+
+
+class TFServingGrpcUserTower(UserTowerBackend):
+  """Calls TF Serving's gRPC `PredictionService.Predict` (the stubs of
+  `tensorflow-serving-api`) for one model version, signature
+  `serving_default`, so that the interests always come from the tower that
+  pairs with the loaded item index (never the implicit latest).
+
+  Tensors are written and read as protos with numpy, not with TensorFlow
+  (`tf.make_tensor_proto` and `tf.make_ndarray` cost more than the call:
+  see docs/serving.md). The answer may hold the values in `float_val` (TF
+  Serving's default) or in `tensor_content`.
+
+  Args:
+    target: TF Serving's gRPC address, `HOST:PORT` (port 8500 by default).
+    version: the export version to call.
+    model_name: the model's name in TF Serving (`MODEL_NAME`).
+    timeout: seconds per request.
+  """
+
+  def __init__(self, target: str, version: int,
+               model_name: str = "user_tower", timeout: float = 5.0):
+    # pylint: disable=g-import-not-at-top
+    import grpc
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    # pylint: enable=g-import-not-at-top
+    self.target, self.version, self.model_name = target, version, model_name
+    self._timeout = timeout
+    self._rpc_error = grpc.RpcError
+    self._float, self._string = types_pb2.DT_FLOAT, types_pb2.DT_STRING
+    self._dtype_name = types_pb2.DataType.Name
+    self._new_request = predict_pb2.PredictRequest
+    self._channel = grpc.insecure_channel(target)
+    self._predict = prediction_service_pb2_grpc.PredictionServiceStub(
+        self._channel).Predict
+
+  @property
+  def _name(self) -> str:
+    return (f"TF Serving gRPC at {self.target}, model {self.model_name} "
+            f"version {self.version}")
+
+  def interests(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+    request = self._new_request()
+    request.model_spec.name = self.model_name
+    request.model_spec.version.value = self.version
+    request.model_spec.signature_name = "serving_default"
+    request.output_filter.append("interests")
+    history = request.inputs["history"]
+    history.dtype = self._string
+    history.tensor_shape.dim.add().size = len(histories)
+    history.tensor_shape.dim.add().size = len(histories[0])
+    history.string_val.extend([raw_id.encode() for row in histories
+                               for raw_id in row])
+    try:
+      response = self._predict(request, timeout=self._timeout)
+    except self._rpc_error as error:
+      raise UserTowerError(f"{self._name}: {error.code().name}: "
+                           f"{error.details()}") from None
+    return self.read_interests(response, len(histories))
+
+  def read_interests(self, response, rows: int) -> np.ndarray:
+    """float32 [rows, K, d] from a `PredictResponse`.
+
+    Raises:
+      UserTowerError: the answer is not that tensor, or comes from another
+        version.
+    """
+    answered = response.model_spec.version.value
+    if response.model_spec.HasField("version") and answered != self.version:
+      raise UserTowerError(f"{self._name} answered for version {answered}")
+    if "interests" not in response.outputs:
+      raise UserTowerError(f"{self._name} answered without interests "
+                           f"(outputs: {sorted(response.outputs)})")
+    tensor = response.outputs["interests"]
+    shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
+    if tensor.dtype != self._float or len(shape) != 3 or shape[0] != rows:
+      raise UserTowerError(f"{self._name} answered interests of dtype "
+                           f"{self._dtype_name(tensor.dtype)} and shape "
+                           f"{shape}, not DT_FLOAT [{rows}, K, d]")
+    return _float_values(tensor, shape, self._name)
+
+
+def _float_values(tensor, shape: Tuple[int, ...], name: str) -> np.ndarray:
+  """The values of a float `TensorProto` as an array of `shape`, read as
+  TensorFlow reads them: `tensor_content` if set, else `float_val`, whose
+  last value repeats to fill the shape."""
+  size = int(np.prod(shape))
+  if tensor.tensor_content:
+    values = np.frombuffer(tensor.tensor_content, dtype="<f4")
+  else:
+    values = np.array(tensor.float_val, dtype=np.float32)
+    if 0 < len(values) < size:
+      values = np.pad(values, (0, size - len(values)), mode="edge")
+  if len(values) != size:
+    raise UserTowerError(f"{name} answered {len(values)} values for "
+                         f"shape {shape}")
+  return values.reshape(shape)

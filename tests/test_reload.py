@@ -105,6 +105,9 @@ def test_reexport_under_traffic_switches_without_a_failed_or_mixed_answer(
       _break_version(model_dir, 2, 3)
       time.sleep(1.0)  # five poll intervals
       assert httpx.get(f"{base}/healthz").json()["model_version"] == 2
+      metrics = httpx.get(f"{base}/metrics").text
+      assert "remi_reloads_total 1.0" in metrics
+      assert "remi_refused_versions_total 1.0" in metrics
     finally:
       stop.set()
       sender.join()

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import numpy as np
+from prometheus_client import parser
 import pytest
 import tensorflow as tf
 
@@ -201,6 +202,44 @@ def test_a_batch_above_the_limit_is_refused(service, user):
   response = httpx.post(f"{service}/v1/recommend:batch",
                         json={"requests": requests})
   assert response.status_code == 422 and "requests" in response.text
+
+
+def _samples(base):
+  """{(metric sample name, frozen labels): value} from /metrics."""
+  text = httpx.get(f"{base}/metrics").text
+  return {(sample.name, frozenset(sample.labels.items())): sample.value
+          for family in parser.text_string_to_metric_families(text)
+          for sample in family.samples}
+
+
+def test_metrics_count_requests_by_endpoint_and_status(server, user,
+                                                     trained):
+  base, _ = server
+  before = _samples(base)
+  ok = ("remi_requests_total",
+        frozenset({"endpoint": "/v1/recommend", "status": "200"}.items()))
+  refused = ("remi_requests_total",
+             frozenset({"endpoint": "/v1/recommend", "status": "422"}.items()))
+  other = ("remi_requests_total",
+           frozenset({"endpoint": "other", "status": "404"}.items()))
+  for _ in range(3):
+    httpx.post(f"{base}/v1/recommend", json={"history": user[0], "k": 2})
+  httpx.post(f"{base}/v1/recommend", json={"history": [], "k": 2})
+  httpx.get(f"{base}/no/such/path/{time.time()}")
+  after = _samples(base)
+  assert after[ok] - before.get(ok, 0) == 3
+  assert after[refused] - before.get(refused, 0) == 1
+  assert after[other] - before.get(other, 0) == 1
+  timed = ("remi_request_seconds_count",
+           frozenset({"endpoint": "/v1/recommend"}.items()))
+  assert after[timed] - before.get(timed, 0) == 4
+  batches = ("remi_batch_size_count", frozenset())
+  assert after[batches] - before.get(batches, 0) >= 3
+  assert after[("remi_model_version", frozenset())] == 1
+  assert after[("remi_items_indexed", frozenset())] == len(
+      trained[0].item_vocab)
+  assert after[("remi_reloads_total", frozenset())] == 0
+  assert after[("remi_refused_versions_total", frozenset())] == 0
 
 
 def _rss_bytes(pid):

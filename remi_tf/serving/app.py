@@ -9,6 +9,7 @@
   GET  /healthz             -> {"status": "ok", "model_version": v}
   GET  /v1/metadata         -> the served version's metadata (and
                                "model_version")
+  GET  /metrics             -> Prometheus metrics (remi_tf.serving.metrics)
 
 Bad requests get a 4xx with a message; the service keeps serving.
 """
@@ -18,16 +19,20 @@ from typing import List, Optional, Union
 
 import fastapi
 from fastapi import responses
+import prometheus_client
 import pydantic
 
 import remi_tf
 from remi_tf.serving.backends import UserTowerError
 from remi_tf.serving.batching import DEFAULT_MAX_BATCH, RequestBatcher
+from remi_tf.serving.metrics import MetricsMiddleware, ServiceMetrics
 from remi_tf.serving.recommender import Query, Recommendation, RequestError
 from remi_tf.serving.reload import DEFAULT_POLL_SECONDS, ServedModel
 
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH = 256
+ENDPOINTS = ("/v1/recommend", "/v1/recommend:batch", "/healthz",
+             "/v1/metadata", "/metrics")
 
 
 class RecommendRequest(pydantic.BaseModel):
@@ -70,7 +75,9 @@ def create_app(model: ServedModel,
   Concurrent single requests are answered in batches of at most
   `max_batch`, each waiting `batch_wait_ms` for more (`RequestBatcher`).
   """
-  batcher = RequestBatcher(model, max_batch, batch_wait_ms)
+  metrics = ServiceMetrics(model, ENDPOINTS)
+  batcher = RequestBatcher(model, max_batch, batch_wait_ms,
+                           observe_batch=metrics.batch_size.observe)
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -98,6 +105,11 @@ def create_app(model: ServedModel,
   async def healthz():
     return {"status": "ok", "model_version": model.version}
 
+  @app.get("/metrics", response_class=responses.PlainTextResponse)
+  async def prometheus_metrics():
+    return responses.Response(metrics.export(),
+                              media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
   @app.get("/v1/metadata")
   async def metadata():
     artifacts = model.current.artifacts
@@ -122,4 +134,5 @@ def create_app(model: ServedModel,
         _answer(answer, recommender.artifacts.version)
         for answer in answers]})
 
+  app.add_middleware(MetricsMiddleware, metrics=metrics)
   return app

@@ -5,6 +5,10 @@
       --tf-serving-url http://localhost:8501/v1/models/user_tower
   python pipelines/serve.py --model-dir saved_models/gowalla \
       --tf-serving-grpc localhost:8500
+
+New export versions in --model-dir are served as they appear. SIGTERM
+drains: requests in flight finish, new ones get 503, then the service
+exits.
 """
 
 import argparse
@@ -16,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
 cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
 from remi_tf import serving  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf.serving import shutdown  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> int:
@@ -67,10 +72,10 @@ def main(argv=None) -> int:
   except serving.ModelFolderError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  drain = shutdown.Drain()
   app = serving.create_app(model, args.poll_seconds or None, args.max_batch,
-                           args.batch_wait_ms)
-  import uvicorn  # pylint: disable=g-import-not-at-top
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+                           args.batch_wait_ms, drain)
+  shutdown.run(app, drain, args.host, args.port)
   return 0
 
 

@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -290,6 +292,44 @@ def test_the_largest_requests_keep_memory_bounded(server, trained):
     assert len(answers.json()["results"]) == service_app.MAX_BATCH
   growth = _rss_bytes(process.pid) - before
   assert growth < 50 * 2**20, f"resident memory grew {growth / 2**20:.0f} MB"
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(
+    tiny_run, user):
+  """A request whose body is still arriving when SIGTERM comes is answered;
+  one that starts after it gets 503; then the service exits with 0."""
+  port = _free_port()
+  base = f"http://127.0.0.1:{port}"
+  body_may_end = threading.Event()
+  answers = []
+
+  def slow_body():
+    yield b'{"k": 2, "history": ' + json.dumps(user[0]).encode()[:-1]
+    body_may_end.wait(30)
+    yield b"]}"
+
+  def send_slowly():
+    answers.append(httpx.post(f"{base}/v1/recommend", content=slow_body(),
+                              headers={"content-type": "application/json"},
+                              timeout=60))
+
+  with _process([os.path.join("pipelines", "serve.py"), "--model-dir",
+                 str(tiny_run[1]), "--port", str(port)],
+                f"{base}/healthz") as process:
+    sender = threading.Thread(target=send_slowly)
+    sender.start()
+    time.sleep(0.5)  # the request is in the service, its body unfinished
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    refused = httpx.post(f"{base}/v1/recommend",
+                         json={"history": user[0], "k": 2})
+    assert refused.status_code == 503 and "shutting down" in refused.text
+    assert process.poll() is None  # still draining
+    body_may_end.set()
+    sender.join()
+    assert process.wait(timeout=30) == 0
+  assert answers[0].status_code == 200
+  assert answers[0].json()["items"] == user[1][:2]
 
 
 def test_missing_or_incomplete_model_folder_fails_at_start(tiny_run,

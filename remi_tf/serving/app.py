@@ -28,6 +28,7 @@ from remi_tf.serving.batching import DEFAULT_MAX_BATCH, RequestBatcher
 from remi_tf.serving.metrics import MetricsMiddleware, ServiceMetrics
 from remi_tf.serving.recommender import Query, Recommendation, RequestError
 from remi_tf.serving.reload import DEFAULT_POLL_SECONDS, ServedModel
+from remi_tf.serving.shutdown import Drain, DrainMiddleware
 
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH = 256
@@ -66,6 +67,7 @@ def _answer(recommendation: Recommendation, version: int) -> dict:
 def create_app(model: ServedModel,
                poll_seconds: Optional[float] = DEFAULT_POLL_SECONDS,
                max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = 0.0,
+               drain: Optional[Drain] = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> fastapi.FastAPI:
   """The FastAPI application around a `ServedModel`.
 
@@ -74,6 +76,8 @@ def create_app(model: ServedModel,
   runs, `model` checks for new versions every `poll_seconds` (None: never).
   Concurrent single requests are answered in batches of at most
   `max_batch`, each waiting `batch_wait_ms` for more (`RequestBatcher`).
+  Once `drain` is draining, new requests get 503 (`shutdown.run` drains
+  on SIGTERM).
   """
   metrics = ServiceMetrics(model, ENDPOINTS)
   batcher = RequestBatcher(model, max_batch, batch_wait_ms,
@@ -134,5 +138,6 @@ def create_app(model: ServedModel,
         _answer(answer, recommender.artifacts.version)
         for answer in answers]})
 
-  app.add_middleware(MetricsMiddleware, metrics=metrics)
+  app.add_middleware(DrainMiddleware, drain=drain or Drain())
+  app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost
   return app

@@ -1,10 +1,15 @@
 """The benchmark scripts run end to end at tiny sizes (their figures are
 measured elsewhere: timing never in an assert)."""
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +32,160 @@ def test_training_throughput_compares_table_sizes_in_one_run():
   assert ratios["300"] == 1.0
   assert result["smallest_rate_ratio"] == min(ratios.values())
   assert "smallest_rate_ratio" in result["meets_targets"]
+
+
+# --- benchmarks/serving.py ---------------------------------------------------
+
+
+@pytest.fixture(name="bench", scope="module")
+def fixture_bench():
+  """benchmarks/serving.py as a module (main is not run)."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmark_serving", os.path.join(ROOT, "benchmarks", "serving.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _summary(p50, p99, rate, completed=10, errors=0, first_error=None):
+  return {"p50_ms": p50, "p90_ms": p99, "p99_ms": p99, "mean_ms": p50,
+          "max_ms": p99, "requests_per_second": rate,
+          "completed": completed, "errors": errors,
+          "first_error": first_error}
+
+
+def test_latency_percentiles_are_in_milliseconds(bench):
+  summary = bench._common.latency_summary(np.arange(1, 101) / 1000)
+  assert summary["count"] == 100
+  assert summary["p50_ms"] == pytest.approx(50.5)
+  assert summary["p90_ms"] == pytest.approx(90.1)
+  assert summary["p99_ms"] == pytest.approx(99.01)
+  assert summary["max_ms"] == pytest.approx(100.0)
+  assert bench._common.latency_summary([]) == {"count": 0}
+
+
+def test_rounds_merge_into_medians_and_totals(bench):
+  merged = bench.median_summary([
+      _summary(4.0, 9.0, 100.0), _summary(6.0, 30.0, 300.0, errors=1,
+                                          first_error="HTTP 503"),
+      _summary(5.0, 10.0, 200.0, errors=2, first_error="timeout")])
+  assert merged["p50_ms"] == 5.0 and merged["p99_ms"] == 10.0
+  assert merged["requests_per_second"] == 200.0
+  assert merged["completed"] == 30 and merged["errors"] == 3
+  assert merged["first_error"] == "HTTP 503" and merged["rounds"] == 3
+
+
+def test_targets_against_the_reference_use_the_lowest_and_highest_level(
+    bench):
+  candidate = {"1": _summary(4.0, 9.0, 240.0), "8": _summary(9.0, 20.0, 800.0),
+               "32": _summary(30.0, 60.0, 900.0)}
+  reference = {"1": _summary(10.0, 12.0, 100.0),
+               "8": _summary(40.0, 50.0, 200.0),
+               "32": _summary(150.0, 300.0, 400.0)}
+  figures = bench.reference_figures(candidate, reference)
+  assert figures == {"p50_ms_ratio_vs_reference": 0.4,
+                     "requests_per_second_ratio_vs_reference": 2.25,
+                     "p99_ms_lowest_concurrency": 9.0}
+  assert bench.level_ratios(candidate, reference)["8"] == {
+      "p50_ms": 0.225, "p99_ms": 0.4, "requests_per_second": 4.0}
+  met = bench._common.check_targets(figures, bench.TARGETS)
+  assert met["p50_ms_ratio_vs_reference"] is True
+  assert met["requests_per_second_ratio_vs_reference"] is True
+  assert met["p99_ms_lowest_concurrency"] is True
+  slower = {**reference, "1": _summary(6.0, 12.0, 150.0)}
+  met = bench._common.check_targets(
+      bench.reference_figures(candidate, slower), bench.TARGETS)
+  assert met["p50_ms_ratio_vs_reference"] is False  # 4 / 6 > 0.5
+  without = bench.reference_figures(candidate, None)
+  assert without["p50_ms_ratio_vs_reference"] is None
+  assert bench._common.check_targets(without, bench.TARGETS)[
+      "requests_per_second_ratio_vs_reference"] is None
+
+
+def _old_serve_help():
+  """The --help of serve.py as revision f6ecd87 had it."""
+  parser = argparse.ArgumentParser(description="Serve recommendations.")
+  parser.add_argument("--model-dir", required=True)
+  parser.add_argument("--host", default="127.0.0.1")
+  parser.add_argument("--port", type=int, default=8000)
+  parser.add_argument("--tf-serving-url")
+  parser.add_argument("--max-k", type=int, default=500)
+  return parser.format_help()
+
+
+def test_an_older_serve_py_gets_only_the_flags_its_help_names(bench):
+  kept, dropped = bench.known_flags(
+      ["--model-version", "3", "--max-batch", "1", "--max-k", "50",
+       "--version", "3"], _old_serve_help())
+  assert kept == ["--max-k", "50"]
+  assert dropped == ["--model-version", "--max-batch", "--version"]
+  new_help = _old_serve_help() + "  --model-version VERSION, --version V\n"
+  assert bench.known_flags(["--model-version", "3"], new_help) == (
+      ["--model-version", "3"], [])
+  assert bench.known_flags(["--model", "3"], new_help)[1] == ["--model"]
+
+
+def test_answers_are_checked_against_the_version_they_name(bench):
+  histories = [["a"], ["b"], ["c"]]
+
+  def recompute(version, history):
+    return [f"{history[0]}{version}", "x"]
+
+  result = bench.check_answers(
+      [(1, 0, ["a1", "x"]), (1, 4, ["b1", "x"]), (2, 2, ["c2", "x"]),
+       (2, 3, ["a1", "x"])], histories, recompute)  # request 3 sent "a"
+  assert result["checked"] == 4 and result["mismatched"] == 1
+  assert result["checked_by_version"] == {"1": 2, "2": 2}
+  assert result["first_mismatch"]["version"] == 2
+  assert result["first_mismatch"]["expected"] == ["a2", "x"]
+
+
+def test_the_answer_log_keeps_each_versions_first_and_last_answers(bench):
+  log = bench.AnswerLog(keep=2)
+  for number in range(6):
+    log.record(1, number, [str(number)], at=float(number))
+  log.record(2, 6, ["6"], at=6.0)
+  assert log.first_at == {1: 0.0, 2: 6.0}
+  assert log.counts == {1: 6, 2: 1}
+  assert [number for _, number, _ in log.samples()] == [0, 1, 4, 5, 6]
+
+
+def test_a_one_version_folder_for_revisions_before_versioned_indexes(
+    bench, tiny_run, tmp_path):
+  _, export_dir, _ = tiny_run
+  folder = bench.single_version_folder(str(export_dir), 1,
+                                       str(tmp_path / "old"))
+  with open(os.path.join(folder, "metadata.json")) as stored:
+    metadata = json.load(stored)
+  assert metadata["seq_len"] > 0
+  assert metadata["versions"] == {"user_tower": 1, "retrieval": 1}
+  assert os.path.isfile(os.path.join(folder, "item_index", "index.json"))
+  assert os.listdir(os.path.join(folder, "user_tower")) == ["1"]
+  assert os.path.isfile(os.path.join(folder, "user_tower", "1",
+                                     "saved_model.pb"))
+
+
+def test_serving_benchmark_measures_both_variants_at_each_level(tiny_run):
+  _, export_dir, _ = tiny_run
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", "serving.py"),
+       "--model-dir", str(export_dir), "--random-histories",
+       "--concurrency-levels", "1", "2", "--seconds", "1", "--rounds", "1",
+       "--requests", "10", "--warmup-requests", "3", "--concurrency", "2",
+       "--load-requests", "20"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert process.returncode == 0, process.stderr[-3000:]
+  (line,) = process.stdout.splitlines()
+  result = json.loads(line)
+  assert set(result["by_level"]) == {"batched", "unbatched"}
+  for levels in result["by_level"].values():
+    assert set(levels) == {"1", "2"}
+    assert all(level["completed"] > 0 and level["errors"] == 0
+               for level in levels.values())
+  assert result["variants"]["unbatched"]["flags"][-2:] == ["--max-batch", "1"]
+  assert set(result["batching_gain"]) == {"1", "2"}
+  for (memory,) in result["memory_mb"].values():
+    assert memory["rss_mb_before"] > 0 and memory["rss_mb_after"] > 0
+  assert result["vs_reference"] is None and result["reexport"] is None
+  assert result["meets_targets"]["load_errors"] is True
+  assert result["meets_targets"]["p50_ms_ratio_vs_reference"] is None

@@ -6,6 +6,9 @@ Layout of an `item_index/<version>/` folder (names in `remi_tf.layout`):
   raw_ids.npy      str [N], the raw id of each row
   scann/           the serialized searcher (`scann_ops_pybind.load_searcher`)
   index.json       configuration, search parameters and measured recall
+  recall_queries.npy     float32 [H, d], the queries that recall was
+                         measured on (test users' interests)
+  recall_neighbours.npy  int32 [H, 50], their exact top-50 item ids
 """
 
 import dataclasses
@@ -82,13 +85,17 @@ class ItemIndex:
     embeddings: float32 [N, d]; row r is item id r + 1.
     searcher: a ScaNN searcher over them.
     index_config: its configuration and search parameters.
+    recall_check: (queries float32 [H, d], their exact top-50 item ids
+      int32 [H, 50]) that `config.recall` was measured on, or None.
   """
 
   def __init__(self, embeddings: np.ndarray, searcher,
-               index_config: IndexConfig):
+               index_config: IndexConfig,
+               recall_check: Optional[Tuple[np.ndarray, np.ndarray]] = None):
     self.embeddings = embeddings
     self.searcher = searcher
     self.config = index_config
+    self.recall_check = recall_check
 
   @classmethod
   def build(cls, embeddings: np.ndarray,
@@ -180,10 +187,19 @@ class ItemIndex:
         if not reaches_target():
           setattr(self.config, name, current)
           break
-    found, _ = self.search(held_out, RECALL_AT)
-    self.config.recall = neighbour_recall(
-        found, exact_neighbours(held_out, self.embeddings, RECALL_AT))
+    self.recall_check = (held_out, exact_neighbours(held_out, self.embeddings,
+                                                    RECALL_AT))
+    self.config.recall = self.measure_recall()
     return self.config
+
+  def measure_recall(self) -> Optional[float]:
+    """Recall@50 of the searcher on the queries of `recall_check` (None
+    without them): the recorded recall, if the index is the one that was
+    exported."""
+    if self.recall_check is None:
+      return None
+    queries, exact = self.recall_check
+    return neighbour_recall(self.search(queries, RECALL_AT)[0], exact)
 
   def save(self, directory: str, raw_ids: np.ndarray) -> None:
     """Writes the index into `directory` (which must not exist)."""
@@ -195,6 +211,10 @@ class ItemIndex:
                             relative_path=True)
     with open(os.path.join(directory, layout.INDEX_CONFIG), "w") as out:
       json.dump(dataclasses.asdict(self.config), out, indent=2)
+    if self.recall_check is not None:
+      for name, array in zip((layout.RECALL_QUERIES, layout.RECALL_NEIGHBOURS),
+                             self.recall_check):
+        np.save(os.path.join(directory, name), array)
 
   @classmethod
   def load(cls, directory: str) -> Tuple["ItemIndex", np.ndarray]:
@@ -206,7 +226,11 @@ class ItemIndex:
     raw_ids = np.load(os.path.join(directory, layout.RAW_IDS))
     searcher = scann_ops_pybind.load_searcher(
         os.path.join(directory, layout.SCANN))
-    return cls(embeddings, searcher, index_config), raw_ids
+    check = [os.path.join(directory, name)
+             for name in (layout.RECALL_QUERIES, layout.RECALL_NEIGHBOURS)]
+    recall_check = (tuple(np.load(path) for path in check)
+                    if all(map(os.path.exists, check)) else None)
+    return cls(embeddings, searcher, index_config, recall_check), raw_ids
 
 
 def exact_neighbours(queries: np.ndarray, embeddings: np.ndarray,

@@ -36,6 +36,10 @@ METADATA = "metadata.json"
 # Inside item_index/<v>/ (written by `remi_tf.index.ItemIndex.save`).
 EMBEDDINGS, RAW_IDS, SCANN, INDEX_CONFIG = ("embeddings.npy", "raw_ids.npy",
                                             "scann", "index.json")
+# The queries the recorded recall was measured on and their exact
+# neighbours, so that a reader can measure it again.
+RECALL_QUERIES, RECALL_NEIGHBOURS = ("recall_queries.npy",
+                                     "recall_neighbours.npy")
 _PIECES = (ITEM_INDEX, RETRIEVAL, USER_TOWER)  # the order of publishing
 _STAGING_PREFIX = ".staging-"
 

@@ -42,6 +42,16 @@ def _break_version(folder, source, target):
               layout.metadata_path(str(folder), target))
 
 
+def _mix_version(folder, source, searcher_of, target):
+  """Version `target`: version `source` with the ScaNN searcher of version
+  `searcher_of`, as a botched copy would leave it."""
+  _copy_version(folder, source, target)
+  index = folder / layout.ITEM_INDEX / str(target) / layout.SCANN
+  shutil.rmtree(index)
+  shutil.copytree(folder / layout.ITEM_INDEX / str(searcher_of) /
+                  layout.SCANN, index)
+
+
 @pytest.fixture(name="model_dir")
 def fixture_model_dir(tiny_run, tmp_path):
   """A copy of the tiny export (one version) the test may add versions to."""
@@ -77,7 +87,8 @@ def test_reexport_under_traffic_switches_without_a_failed_or_mixed_answer(
   """A second training run exports version 2 into the folder the service
   polls while requests keep coming: every request succeeds, the service
   moves to version 2, and every answer equals what the version it names
-  gives for that history."""
+  gives for that history. Then a version 3 with version 1's searcher (its
+  recall on its own queries falls) is refused."""
   _, _, cache = tiny_run
   history = serving.load_artifacts(str(model_dir)).vocabulary.to_raw(
       list(range(1, 11)))
@@ -102,7 +113,7 @@ def test_reexport_under_traffic_switches_without_a_failed_or_mixed_answer(
                    "100", "--output", str(tmp_path / "second"),
                    "--export-dir", str(model_dir), cache_dir=cache)
       _wait_for_version(base, 2)
-      _break_version(model_dir, 2, 3)
+      _mix_version(model_dir, 2, searcher_of=1, target=3)
       time.sleep(1.0)  # five poll intervals
       assert httpx.get(f"{base}/healthz").json()["model_version"] == 2
       metrics = httpx.get(f"{base}/metrics").text
@@ -112,7 +123,8 @@ def test_reexport_under_traffic_switches_without_a_failed_or_mixed_answer(
       stop.set()
       sender.join()
     process.terminate()
-    assert "refused version 3" in process.stderr.read()
+    refusal = process.stderr.read()
+    assert "refused version 3" in refusal and "not the ones exported" in refusal
   assert all(status == 200 for status, _ in answers)
   versions = [answer["model_version"] for _, answer in answers]
   assert versions == sorted(versions) and {1, 2} <= set(versions)

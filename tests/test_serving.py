@@ -353,6 +353,13 @@ def test_missing_or_incomplete_model_folder_fails_at_start(tiny_run,
     serving.load_artifacts(str(broken))
   with pytest.raises(serving.ModelFolderError, match="no complete version 2"):
     serving.load_artifacts(str(export_dir), version=2)
+  mismatched = tmp_path / "mismatched"
+  shutil.copytree(export_dir, mismatched)
+  neighbours = mismatched / "item_index" / "1" / "recall_neighbours.npy"
+  np.save(neighbours, np.load(neighbours) % 500 + 1)  # not what it finds
+  with pytest.raises(serving.ModelFolderError,
+                     match="recall .* not the recorded 1.0000"):
+    serving.load_artifacts(str(mismatched))
   old = tmp_path / "old"
   shutil.copytree(export_dir / "item_index" / "1", old / "item_index")
   with pytest.raises(serving.ModelFolderError, match="old layout"):

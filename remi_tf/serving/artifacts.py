@@ -13,6 +13,10 @@ from remi_tf.serving.backends import (InProcessUserTower,
                                       TFServingUserTower, UserTowerBackend)
 from remi_tf.vocabulary import ItemVocabulary
 
+# ScaNN's search is deterministic: a loaded index gives its recorded recall
+# again, up to float differences between machines.
+RECALL_TOLERANCE = 0.005
+
 
 @dataclasses.dataclass
 class ServingArtifacts:
@@ -41,8 +45,13 @@ def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
       is asked for model `user_tower`, the loaded version. With neither
       address the user tower runs in-process from `user_tower/<v>`.
 
+  The index's recall is measured again on the queries it was exported with
+  (when the export holds them): below the recorded value, the version is
+  refused.
+
   Raises:
-    ModelFolderError: naming what is missing or unreadable.
+    ModelFolderError: naming what is missing, unreadable or not what was
+      exported.
     ValueError: both TF Serving addresses are given.
   """
   if tf_serving_url and tf_serving_grpc:
@@ -61,6 +70,13 @@ def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
   except Exception as error:  # numpy, json and scann raise many types
     raise ModelFolderError(f"{index_dir} is corrupt or incomplete: "
                            f"{type(error).__name__}: {error}") from None
+  recall = index.measure_recall()
+  if recall is not None and recall < index.config.recall - RECALL_TOLERANCE:
+    raise ModelFolderError(
+        f"{index_dir} finds the exact top-50 with recall {recall:.4f} on the "
+        f"queries it was exported with, not the recorded "
+        f"{index.config.recall:.4f}: its searcher or embeddings are not the "
+        "ones exported")
   if tf_serving_url:
     backend = TFServingUserTower(tf_serving_url, version)
   elif tf_serving_grpc:

@@ -24,6 +24,7 @@ from conftest import ROOT
 from remi_tf import layout, serving
 from remi_tf.serving.backends import (InProcessUserTower,
                                       TFServingGrpcUserTower, UserTowerError)
+import tf_serving_grpc_standin
 from test_serving import _free_port, _process, two_versions  # noqa: F401  pylint: disable=unused-import
 
 
@@ -56,12 +57,18 @@ def _grpc_standin(base_path, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def standin(tiny_run, tmp_path_factory):
-  """The stand-in's target; it has version 1 of the tiny export only."""
+def standin_base(tiny_run, tmp_path_factory):
+  """A model base path with version 1 of the tiny export only."""
   _, export_dir, _ = tiny_run
   base = tmp_path_factory.mktemp("standin") / "user_tower"
   shutil.copytree(export_dir / layout.USER_TOWER / "1", base / "1")
-  with _grpc_standin(base) as target:
+  return base
+
+
+@pytest.fixture(scope="module")
+def standin(standin_base):
+  """The target of a stand-in on `standin_base`."""
+  with _grpc_standin(standin_base) as target:
     yield target
 
 
@@ -188,22 +195,31 @@ def test_a_version_tf_serving_does_not_have_is_a_502_naming_it(
     answer = httpx.post(f"{base}/v1/recommend",
                         json={"history": histories[0][:1], "k": 5})
   assert answer.status_code == 502
-  assert "version 2: NOT_FOUND" in answer.json()["detail"]
+  assert "model user_tower version 2: NOT_FOUND" in answer.text
 
 
-def test_an_unreachable_tf_serving_is_a_502_and_the_service_stays_up(
-    tiny_run, histories):
+def test_an_unreachable_tf_serving_is_a_502_until_it_is_back(
+    tiny_run, standin_base, histories):
   _, export_dir, _ = tiny_run
-  target = f"127.0.0.1:{_free_port()}"  # nothing listens there
+  port = _free_port()  # nothing listens there yet
+  target = f"127.0.0.1:{port}"
+  request = {"history": histories[0][:1], "k": 5}
   with _service(export_dir, target) as base:
     for _ in range(2):
-      answer = httpx.post(f"{base}/v1/recommend",
-                          json={"history": histories[0][:1], "k": 5})
+      answer = httpx.post(f"{base}/v1/recommend", json=request)
       assert answer.status_code == 502
-      assert answer.json()["detail"].startswith(
-          f"TF Serving gRPC at {target}, model user_tower version 1: "
-          "UNAVAILABLE")
+      assert (f"TF Serving gRPC at {target}, model user_tower version 1: "
+              "UNAVAILABLE") in answer.text
       assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    standin_here = tf_serving_grpc_standin.serve(str(standin_base), port)
+    try:
+      deadline = time.time() + 60
+      while answer.status_code == 502 and time.time() < deadline:
+        time.sleep(0.2)
+        answer = httpx.post(f"{base}/v1/recommend", json=request)
+    finally:
+      standin_here.stop(grace=None)
+  assert answer.status_code == 200 and len(answer.json()["items"]) == 5
 
 
 def test_the_rest_and_grpc_flags_exclude_each_other(tiny_run, capsys):

@@ -80,9 +80,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     return response
 
 
-def main():
-  base_path, port = sys.argv[1], int(sys.argv[2])
-  name = sys.argv[3] if len(sys.argv) > 3 else "user_tower"
+def serve(base_path: str, port: int, name: str = "user_tower") -> grpc.Server:
+  """Loads the versions under `base_path`, then answers on 127.0.0.1:`port`
+  in background threads; returns the started server."""
   models = {int(v): tf.saved_model.load(os.path.join(base_path, v))
             for v in os.listdir(base_path) if v.isdigit()}
   server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
@@ -90,7 +90,12 @@ def main():
       PredictionService(name, models), server)
   server.add_insecure_port(f"127.0.0.1:{port}")
   server.start()
-  server.wait_for_termination()
+  return server
+
+
+def main():
+  name = sys.argv[3] if len(sys.argv) > 3 else "user_tower"
+  serve(sys.argv[1], int(sys.argv[2]), name).wait_for_termination()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ class UserTowerError(RuntimeError):
 
 
 class UserTowerBackend(abc.ABC):
-  """Raw-id histories (already padded to seq_len) -> interests."""
+  """Raw-id histories (already padded to seq_len) -> interests.
+
+  `remote` backends wait on the network: the service calls them off its
+  event loop, so that a slow or hung server delays only their requests.
+  """
+
+  remote = False
 
   @abc.abstractmethod
   def interests(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -50,6 +56,8 @@ class TFServingUserTower(UserTowerBackend):
     version: the export version to call.
     timeout: seconds per request.
   """
+
+  remote = True
 
   def __init__(self, model_url: str, version: int, timeout: float = 5.0):
     import httpx  # pylint: disable=g-import-not-at-top
@@ -90,6 +98,8 @@ class TFServingGrpcUserTower(UserTowerBackend):
     model_name: the model's name in TF Serving (`MODEL_NAME`).
     timeout: seconds per request.
   """
+
+  remote = True
 
   def __init__(self, target: str, version: int,
                model_name: str = "user_tower", timeout: float = 5.0):

@@ -3,9 +3,10 @@ one ScaNN batch search for the requests waiting, as TF Serving batches
 requests to its models."""
 
 import asyncio
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
-from remi_tf.serving.recommender import Query, Recommendation, RequestError
+from remi_tf.serving.recommender import (Query, Recommendation, Recommender,
+                                         RequestError)
 from remi_tf.serving.reload import ServedModel
 
 DEFAULT_MAX_BATCH = 64
@@ -19,8 +20,9 @@ class RequestBatcher:
   it waits for no one: a lone request is answered at once, and under load
   the requests that arrive while a batch runs form the next one. A batch
   runs on the event loop (no thread hop, which costs more than the batch
-  saves at low load); it reads the served model once, so its answers come
-  from one version.
+  saves at low load), unless its user tower is remote (TF Serving): then it
+  waits in a worker thread and the loop keeps serving. A batch reads the
+  served model once, so its answers come from one version.
 
   Args:
     model: the served model.
@@ -63,7 +65,19 @@ class RequestBatcher:
       del self._pending[:self.max_batch]
       if self._observe_batch is not None:
         self._observe_batch(len(batch))
-      self._answer(batch)
+      queries = [query for query, _ in batch]
+      if self.model.current.artifacts.user_tower.remote:
+        answers, version = await asyncio.get_running_loop().run_in_executor(
+            None, self._answer, queries)
+      else:
+        answers, version = self._answer(queries)
+      for (_, future), answer in zip(batch, answers):
+        if future.done():  # its client went away
+          continue
+        if isinstance(answer, Exception):
+          future.set_exception(answer)
+        else:
+          future.set_result((answer, version))
 
   async def _gather(self) -> None:
     """Lets requests join: for `wait_seconds`, or (0) until an iteration of
@@ -77,23 +91,23 @@ class RequestBatcher:
       if len(self._pending) == waiting:
         return
 
-  def _answer(self, batch: List[Tuple[Query, asyncio.Future]]) -> None:
+  def _answer(self, queries: List[Query]
+              ) -> Tuple[List[Union[Recommendation, Exception]], int]:
+    """Each query's answer or exception, and the version that answered."""
     recommender = self.model.current
-    try:
-      answers = recommender.recommend_queries([query for query, _ in batch])
-    except RequestError as error:
-      if len(batch) > 1:  # so that a bad request fails alone
-        for request in batch:
-          self._answer([request])
-        return
-      answers = [error]
-    except Exception as error:  # pylint: disable=broad-except
-      # Any failure of the models is every request's answer, not the loop's.
-      answers = [error] * len(batch)
-    for (_, future), answer in zip(batch, answers):
-      if future.done():  # its client went away
-        continue
-      if isinstance(answer, Exception):
-        future.set_exception(answer)
-      else:
-        future.set_result((answer, recommender.artifacts.version))
+    return _answers(recommender, queries), recommender.artifacts.version
+
+
+def _answers(recommender: Recommender, queries: List[Query]
+             ) -> List[Union[Recommendation, Exception]]:
+  try:
+    return recommender.recommend_queries(queries)
+  except RequestError as error:
+    if len(queries) == 1:
+      return [error]
+    # Answered one by one, so that a bad request fails alone.
+    return [answer for query in queries
+            for answer in _answers(recommender, [query])]
+  except Exception as error:  # pylint: disable=broad-except
+    # A failure of the models is every request's answer, not the loop's.
+    return [error] * len(queries)

@@ -16,8 +16,8 @@ Ctrl-C). Variants (--variants):
               indexes (no remi_tf/layout.py) get the measured version as a
               one-version folder of symbolic links
 
---rounds R alternates the variants R times (start, measure, stop each);
-figures are medians over the rounds. Each variant-round measures, after
+--rounds R alternates the variants R times (start, measure, stop each;
+every other round in reverse order); figures are medians over the rounds. Each variant-round measures, after
 --warmup-requests untimed requests one at a time and as many at the highest
 concurrency:
 
@@ -42,8 +42,8 @@ the highest concurrency while `pipelines/train.py` trains a second model
 (the export's configuration, --reexport-seed, N steps, --raw-file) and
 exports it into the copy. Reported: the time from the publish (the new
 version complete in the folder) to the first answer naming it, against one
-poll interval plus the new version's load time (measured in this process
-afterwards); failed requests (must be 0); and, for the first and last
+poll interval plus the new version's load time (timed in this process
+right after the switch, the load still running); failed requests (must be 0); and, for the first and last
 --check-answers answers of each version, whether their items equal those
 `Recommender(load_artifacts(copy, None, version))` gives for the same
 history.
@@ -190,9 +190,17 @@ def free_port() -> int:
 
 
 def git(*command: str) -> str:
-  """Runs git in the repository; its stripped output."""
+  """Runs git in the repository; its output without the final newline."""
   return subprocess.run(["git", "-C", _common.ROOT, *command], check=True,
-                        capture_output=True, text=True).stdout.strip()
+                        capture_output=True, text=True).stdout.rstrip()
+
+
+def measured_source() -> dict:
+  """The commit of this tree and the files of the service's code that
+  differ from it (what the batched and unbatched variants ran)."""
+  changed = git("status", "--porcelain", "--", "remi_tf", "pipelines")
+  return {"commit": git("rev-parse", "HEAD"),
+          "uncommitted": [line[3:] for line in changed.splitlines()]}
 
 
 def request_histories(args, metadata: dict):
@@ -732,6 +740,11 @@ def reexport_under_load(args, histories, metadata: dict, folder: str) -> dict:
   old = layout.latest_version(copy)
   command = reexport_command(args, metadata, copy,
                              os.path.join(folder, "run"))
+
+  def load(version):
+    return serving.Recommender(serving.load_artifacts(copy, None, version))
+
+  recommenders = {old: load(old)}  # TensorFlow is imported before the load
   log, stop = AnswerLog(args.check_answers), threading.Event()
   with Server(copy, args.port or free_port(), ["--poll-seconds",
                                                str(args.reexport_poll_seconds)]
@@ -756,28 +769,23 @@ def reexport_under_load(args, histories, metadata: dict, folder: str) -> dict:
           raise RuntimeError(f"train.py exited with {trained.returncode}:\n"
                              f"{written.read()[-3000:]}")
       deadline = time.perf_counter() + args.startup_timeout
-      while ("version" not in published
-             or published["version"] not in log.first_at):
-        if time.perf_counter() > deadline:
-          break
+      while (published.get("version") not in log.first_at
+             and time.perf_counter() < deadline):
         time.sleep(0.05)
-      time.sleep(REEXPORT_TAIL_SECONDS)
+      new, load_seconds = published.get("version"), None
+      if new in log.first_at:
+        # Timed as the server loaded it: while the load runs.
+        load_seconds, recommenders[new] = _common.timed(lambda: load(new))
+      time.sleep(max(0.0, REEXPORT_TAIL_SECONDS - (load_seconds or 0.0)))
     finally:
       stop.set()
       load_thread.join()
-    load = loads[0]
+    load_figures = loads[0]
     rss_after = server.memory_mb("VmRSS")
     peak_rss = server.memory_mb("VmHWM")
-  _common.log(describe("re-export load", load))
-  new = published.get("version")
-  recommenders = {old: serving.Recommender(serving.load_artifacts(copy, None,
-                                                                  old))}
-  load_seconds = None
-  if new is not None:
-    load_seconds, recommenders[new] = _common.timed(
-        lambda: serving.Recommender(serving.load_artifacts(copy, None, new)))
-  first_at = log.first_at.get(new)
-  switch = (first_at - published["at"]) if first_at is not None else None
+  _common.log(describe("re-export load", load_figures))
+  switch = (log.first_at[new] - published["at"] if new in log.first_at
+            else None)
   bound = (args.reexport_poll_seconds + load_seconds
            if load_seconds is not None else None)
   exactness = check_answers(
@@ -797,7 +805,7 @@ def reexport_under_load(args, histories, metadata: dict, folder: str) -> dict:
       "unchecked_versions": sorted(set(log.counts) - set(recommenders)),
       "exactness": exactness,
       "rss_mb_before": rss_before, "rss_mb_after": rss_after,
-      "peak_rss_mb": peak_rss, "load": load}
+      "peak_rss_mb": peak_rss, "load": load_figures}
 
 
 def _difference(a, b) -> Optional[float]:
@@ -835,6 +843,7 @@ def main(argv=None) -> int:
   _common.log(f"{len(histories)} request histories ({source}), mean length "
               f"{np.mean(lengths):.1f}")
 
+  source_state = measured_source()
   rounds = collections.defaultdict(list)
   reexport = None
   with contextlib.ExitStack() as stack:
@@ -844,7 +853,10 @@ def main(argv=None) -> int:
                                        os.path.join(folder, "reference")))
     servers = variant_servers(args, version, folder)
     for round_number in range(args.rounds):
-      for name, root, flags, _, model_dir in servers:
+      # Every other round backwards, so that a drift of the machine's load
+      # does not favour the variants measured first.
+      for name, root, flags, _, model_dir in (
+          servers if round_number % 2 == 0 else servers[::-1]):
         port = args.port or free_port()
         _common.log(f"round {round_number + 1}/{args.rounds}: {name} on "
                     f"127.0.0.1:{port} {' '.join(flags)}")
@@ -903,6 +915,7 @@ def main(argv=None) -> int:
                           "median": medians[name], "rounds": rounds[name]}
                    for name, _, flags, dropped, _ in servers},
       "reexport": reexport,
+      "source": source_state,
       "history_source": source,
       "random_fallback_reason": fallback_reason,
       "mean_history_length": float(np.mean(lengths)),

@@ -30,9 +30,10 @@ concurrency:
       --seconds-lower-levels at the others;
 
 each reporting completed requests, errors (count and first), requests/s
-(completed / wall time), p50/p90/p99 latency and the cores the client, the
-server and the whole machine kept busy meanwhile; and the server's
-resident memory after the warm-up and after (c). With --ref, the batched variant's
+(completed / wall time), p50/p90/p99 latency, the cores the client, the
+server and the whole machine kept busy meanwhile, and the server's CPU
+time per request (less sensitive to other jobs than latency); and the
+server's resident memory after the warm-up and after (c). With --ref, the batched variant's
 figures over the reference's: p50 at the lowest level (target <= 0.5),
 requests/s at the highest (>= 2), and its p99 at the lowest (< 10 ms).
 
@@ -111,7 +112,7 @@ TARGETS = {
 }
 MEDIAN_KEYS = ("requests_per_second", "mean_ms", "p50_ms", "p90_ms",
                "p99_ms", "max_ms", "client_cpu_share", "server_cpu_share",
-               "machine_cpu_share")
+               "machine_cpu_share", "server_cpu_ms_per_request")
 
 
 def parse_args(argv=None):
@@ -532,13 +533,16 @@ def with_cpu(server: Server, *load_args, **load_kwargs) -> dict:
   """`run_load(server.base, *load_args, **load_kwargs)` with the cores the
   client (this process), the server and the whole machine kept busy
   meanwhile (CPU seconds per second), to tell a saturated client or a busy
-  machine."""
+  machine, and the server's CPU milliseconds per completed request."""
   client, served, busy = (time.process_time(), server.cpu_seconds(),
                           machine_busy_seconds())
   summary = run_load(server.base, *load_args, **load_kwargs)
   wall = summary["wall_seconds"]
+  served = server.cpu_seconds() - served
   summary["client_cpu_share"] = (time.process_time() - client) / wall
-  summary["server_cpu_share"] = (server.cpu_seconds() - served) / wall
+  summary["server_cpu_share"] = served / wall
+  summary["server_cpu_ms_per_request"] = (1e3 * served / summary["completed"]
+                                          if summary["completed"] else None)
   summary["machine_cpu_share"] = (machine_busy_seconds() - busy) / wall
   return summary
 
@@ -603,7 +607,8 @@ def median_summary(summaries: Sequence[dict]) -> dict:
   """One measurement over rounds: the median of each latency and rate,
   the totals of completed requests and errors, the first error."""
   merged = {key: float(np.median([s[key] for s in summaries]))
-            for key in MEDIAN_KEYS if all(key in s for s in summaries)}
+            for key in MEDIAN_KEYS
+            if all(s.get(key) is not None for s in summaries)}
   merged["completed"] = sum(s["completed"] for s in summaries)
   merged["errors"] = sum(s["errors"] for s in summaries)
   merged["first_error"] = next((s["first_error"] for s in summaries
@@ -887,7 +892,8 @@ def main(argv=None) -> int:
         reexport_new_version_answers=reexport["new_version_answers"],
         reexport_switch_margin_seconds=reexport["switch_margin_seconds"])
   by_level = {name: {level: {key: summary.get(key) for key in (
-      "p50_ms", "p99_ms", "requests_per_second", "completed", "errors")}
+      "p50_ms", "p99_ms", "requests_per_second", "server_cpu_ms_per_request",
+      "completed", "errors")}
                      for level, summary in result["levels"].items()}
               for name, result in medians.items()}
   _common.emit("serving", args, {

@@ -181,6 +181,7 @@ def test_serving_benchmark_measures_both_variants_at_each_level(tiny_run):
   for levels in result["by_level"].values():
     assert set(levels) == {"1", "2"}
     assert all(level["completed"] > 0 and level["errors"] == 0
+               and "server_cpu_ms_per_request" in level
                for level in levels.values())
   assert result["variants"]["unbatched"]["flags"][-2:] == ["--max-batch", "1"]
   assert set(result["batching_gain"]) == {"1", "2"}

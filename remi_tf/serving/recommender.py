@@ -3,7 +3,7 @@ per interest, merged by max score."""
 
 import dataclasses
 import itertools
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -44,12 +44,13 @@ class Recommender:
 
   Args:
     artifacts: the loaded export.
-    max_k: the largest list a request may ask for.
+    max_k: the largest list a request may ask for (an index of fewer
+      items answers with all of them).
   """
 
   def __init__(self, artifacts: ServingArtifacts, max_k: int = 500):
     self.artifacts = artifacts
-    self.max_k = min(max_k, len(artifacts.vocabulary))
+    self.max_k = max_k
 
   def recommend(self, histories: Sequence[Sequence[str]], k: int,
                 exclude_history: bool = True) -> List[Recommendation]:
@@ -57,11 +58,13 @@ class Recommender:
 
     Unknown ids are dropped first; the tower sees the last seq_len known
     ones. With `exclude_history`, the last `MAX_EXCLUDE` distinct known ids
-    of the history are left out of the answer.
+    of the history are left out of the answer. An answer is shorter than k
+    when the index holds fewer items (after the exclusions), and empty for
+    a history with no id the model knows (all of them counted in
+    `unknown_ids`).
 
     Raises:
-      RequestError: k out of range, an empty history, or a history with no
-        id the model knows.
+      RequestError: k out of 1..max_k, or an empty history.
     """
     if not 1 <= k <= self.max_k:
       raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
@@ -70,31 +73,35 @@ class Recommender:
     for position, history in enumerate(histories):
       if not history:
         raise RequestError(f"history {position} is empty")
-      ids = vocabulary.to_ids(history)
-      known.append([i for i in ids if i])
-      if not known[-1]:
-        raise RequestError(f"history {position}: none of its ids is known to "
-                           "the model")
+      known.append([i for i in vocabulary.to_ids(history) if i])
+    answers = [Recommendation([], [], len(history)) for history in histories]
+    rows = [row for row, ids in enumerate(known) if ids]
+    if not rows:
+      return answers
+    ids, scores = self._top_n([known[row] for row in rows],
+                              min(k, len(vocabulary)), exclude_history)
+    for row, row_ids, row_scores in zip(rows, ids, scores):
+      found = row_ids > 0
+      answers[row] = Recommendation(
+          items=vocabulary.to_raw(row_ids[found]),
+          scores=row_scores[found].tolist(),
+          unknown_ids=len(histories[row]) - len(known[row]))
+    return answers
+
+  def _top_n(self, known: List[List[int]], n: int, exclude_history: bool
+             ) -> Tuple[np.ndarray, np.ndarray]:
+    """(item ids int32 [B, n], scores float32 [B, n]) for B histories of
+    known item ids (each non-empty), as `ItemIndex.top_n`."""
+    vocabulary = self.artifacts.vocabulary
     interests = self.artifacts.user_tower.interests(
-        [vocabulary.tower_input(ids, self.artifacts.seq_len)
-         for ids in known])
+        [vocabulary.tower_input(ids, self.artifacts.seq_len) for ids in known])
     exclude = None
     if exclude_history:
       recent = [_last_distinct(ids, MAX_EXCLUDE) for ids in known]
       width = max(len(ids) for ids in recent)
       exclude = np.array([ids + [0] * (width - len(ids)) for ids in recent],
                          np.int32)
-    ids, scores = self.artifacts.index.top_n(interests, k, exclude)
-    answers = []
-    for row_ids, row_scores, history, row_known in zip(ids, scores, histories,
-                                                       known):
-      found = row_ids > 0
-      answers.append(Recommendation(
-          items=vocabulary.to_raw(row_ids[found]),
-          scores=row_scores[found].tolist(),
-          unknown_ids=len(history) - len(row_known)))
-    return answers
-
+    return self.artifacts.index.top_n(interests, n, exclude)
 
   def recommend_queries(self, queries: Sequence[Query]
                         ) -> List[Recommendation]:

@@ -30,8 +30,9 @@ class DrainMiddleware:
       await send({"type": "http.response.start", "status": 503,
                   "headers": [(b"content-type", b"application/json"),
                               (b"connection", b"close")]})
-      await send({"type": "http.response.body",
-                  "body": b'{"detail": "the service is shutting down"}'})
+      await send({"type": "http.response.body",  # app.ErrorResponse
+                  "body": b'{"detail": [{"loc": [], "msg": "the service is '
+                          b'shutting down", "type": "shutting_down"}]}'})
       return
     self.drain.in_flight += 1
     try:

@@ -403,8 +403,11 @@ def serve_burst(export_dir: str, cache_dir: str, raw_file: str,
   histories, source, fallback = serving.request_histories(args, metadata)
   with serving.Server(export_dir, serving.free_port()) as server:
     ready_seconds = server.wait_ready(timeout=900)
-    result = serving.sequential(server.base, histories, args)
-    peak = server.peak_rss_mb()
+    serving.run_load(server.base, histories, args, 1,
+                     requests=args.warmup_requests)
+    result = serving.run_load(server.base, histories, args, 1,
+                              requests=requests)
+    peak = server.memory_mb("VmHWM")
   return {**result, "startup_seconds": ready_seconds,
           "history_source": source, "random_fallback_reason": fallback,
           "server_peak_rss_mb": peak}

@@ -325,6 +325,8 @@ def create_app(model: ServedModel,
         for answer in answers]})
 
   app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-  app.add_middleware(DrainMiddleware, drain=drain or Drain())
+  app.add_middleware(DrainMiddleware, drain=drain or Drain(), refusal=_error(
+      503, "shutting_down", "the service is shutting down",
+      headers={"connection": "close"}))
   app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost
   return app

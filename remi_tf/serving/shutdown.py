@@ -17,23 +17,19 @@ class Drain:
 
 class DrainMiddleware:
   """ASGI middleware: counts requests in flight and, once `drain` is
-  draining, answers new ones 503 with `Connection: close`."""
+  draining, answers new ones with `refusal` (an ASGI response, e.g. a 503
+  with `Connection: close`)."""
 
-  def __init__(self, app, drain: Drain):
+  def __init__(self, app, drain: Drain, refusal):
     self.app = app
     self.drain = drain
+    self.refusal = refusal
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
       return await self.app(scope, receive, send)
     if self.drain.draining:
-      await send({"type": "http.response.start", "status": 503,
-                  "headers": [(b"content-type", b"application/json"),
-                              (b"connection", b"close")]})
-      await send({"type": "http.response.body",  # app.ErrorResponse
-                  "body": b'{"detail": [{"loc": [], "msg": "the service is '
-                          b'shutting down", "type": "shutting_down"}]}'})
-      return
+      return await self.refusal(scope, receive, send)
     self.drain.in_flight += 1
     try:
       await self.app(scope, receive, send)

@@ -88,7 +88,7 @@ import _common  # noqa: E402  (repo root on sys.path; imports remi_tf first)
 
 import numpy as np  # noqa: E402
 
-from remi_tf import layout  # noqa: E402
+from remi_tf import cli, layout  # noqa: E402
 
 SERVE = os.path.join("pipelines", "serve.py")
 TRAIN = os.path.join("pipelines", "train.py")
@@ -290,7 +290,6 @@ class Server:
 
   def memory_mb(self, field: str) -> float:
     """The server process's "VmRSS" (resident now) or "VmHWM" (peak)."""
-    from remi_tf import cli  # pylint: disable=g-import-not-at-top
     return cli.memory_mb(field, str(self._process.pid))
 
   def cpu_seconds(self) -> float:

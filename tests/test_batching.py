@@ -2,7 +2,7 @@
 exactly as alone; a bad request fails alone, a model failure fails all."""
 
 import asyncio
-import time
+import threading
 
 import pytest
 
@@ -90,36 +90,37 @@ def test_bad_settings_are_refused(model):
     RequestBatcher(model, wait_ms=-1)
 
 
-class _SlowRemoteTower:
-  """A remote user tower (as TF Serving) that answers after `seconds`."""
+class _RemoteTowerWaitingForTheLoop:
+  """A remote user tower (as TF Serving) that answers once the event loop
+  has set `released`, and records whether that happened (5 s at most):
+  called on the loop itself, it would hold the loop and wait in vain."""
 
   remote = True
 
-  def __init__(self, tower, seconds):
-    self.tower, self.seconds = tower, seconds
+  def __init__(self, tower):
+    self.tower = tower
+    self.released = threading.Event()
+    self.released_by_the_loop = None
 
   def interests(self, histories):
-    time.sleep(self.seconds)
+    self.released_by_the_loop = self.released.wait(5)
     return self.tower.interests(histories)
 
 
 def test_a_remote_tower_is_awaited_off_the_event_loop(model, queries,
                                                       monkeypatch):
   artifacts = model.current.artifacts
-  monkeypatch.setattr(artifacts, "user_tower",
-                      _SlowRemoteTower(artifacts.user_tower, 0.3))
+  tower = _RemoteTowerWaitingForTheLoop(artifacts.user_tower)
+  monkeypatch.setattr(artifacts, "user_tower", tower)
   batcher = RequestBatcher(model)
 
   async def main():
-    ticks = 0
     answer = asyncio.ensure_future(batcher.recommend(queries[0]))
-    while not answer.done():
-      await asyncio.sleep(0.01)
-      ticks += 1
-    return ticks, answer.result()
+    await asyncio.sleep(0.05)  # the loop runs on while the tower waits
+    tower.released.set()
+    return await answer
 
-  ticks, (answer, _) = asyncio.run(main())
-  # The loop ran on while the tower was waited for (about 30 ticks).
-  assert ticks >= 10
+  answer, _ = asyncio.run(main())
+  assert tower.released_by_the_loop
   assert answer.items == model.current.recommend_queries(
       [queries[0]])[0].items

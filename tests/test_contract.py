@@ -9,12 +9,13 @@ import os
 
 import httpx
 import pytest
-from fastapi import testclient
+from fastapi import responses, testclient
 
 from conftest import ROOT
 from remi_tf import serving
 from remi_tf.serving import app as service_app
 from remi_tf.serving.backends import UserTowerError
+from remi_tf.serving.batching import RequestBatcher
 from remi_tf.serving.shutdown import Drain
 from test_serving import _free_port, _process
 
@@ -109,6 +110,66 @@ def test_integral_numbers_are_integers_as_json_schema_says(client, model):
   for not_an_integer in (7.5, "7", True):
     assert client.post("/v1/recommend", json={
         "history": history, "k": not_an_integer}).status_code == 422
+
+
+_RAW = object()  # stands for the first raw ids of the vocabulary
+
+
+@pytest.mark.parametrize("body", [
+    {"history": [_RAW], "k": 3, "exclude_history": False},
+    {"history": [_RAW, "no-such-item"], "k": 4.0},
+    {"history": ["no-such-item"]},
+    {"history": []},
+    {"history": [_RAW], "k": 0},
+    {"history": [_RAW], "k": "3"},
+    {"history": [_RAW], "extra": 1},
+    "not an object",
+])
+def test_the_fast_path_answers_as_the_application_does(client, model, body):
+  """A body with a declared length takes `RecommendFastPath`; the same body
+  sent in chunks takes FastAPI's endpoint: same status, same JSON."""
+  raw = model.current.artifacts.vocabulary.raw_ids[:3].tolist()
+  if isinstance(body, dict):
+    body = {**body, "history": [raw_id for entry in body["history"]
+                                for raw_id in (raw if entry is _RAW
+                                               else [entry])]}
+  content = json.dumps(body).encode()
+  headers = {"content-type": "application/json"}
+  declared = client.post("/v1/recommend", content=content, headers=headers)
+  chunked = client.post("/v1/recommend", content=iter([content]),
+                        headers=headers)
+  assert declared.status_code == chunked.status_code
+  assert declared.json() == chunked.json()
+
+
+def test_the_fast_path_hands_what_it_does_not_answer_to_the_application(
+    model):
+  """A valid body never reaches the application; an invalid one, and any
+  other request, reaches it unchanged (the body replayed)."""
+  reached = []
+
+  async def application(scope, receive, send):
+    message = await receive()
+    reached.append((scope["path"], message["body"]))
+    await responses.Response(status_code=204)(scope, receive, send)
+
+  fast_path = service_app.RecommendFastPath(
+      application, service_app.request_models(MAX_K)[0],
+      RequestBatcher(model))
+  valid = json.dumps({"history": model.current.artifacts.vocabulary
+                      .raw_ids[:3].tolist(), "k": 2}).encode()
+  client = testclient.TestClient(fast_path)  # no lifespan to run
+  answer = client.post("/v1/recommend", content=valid,
+                       headers={"content-type": "application/json"})
+  assert answer.status_code == 200 and len(answer.json()["items"]) == 2
+  assert reached == []
+  for path, body, content_type in (
+      ("/v1/recommend", b'{"history": []}', "application/json"),
+      ("/v1/recommend", valid, "text/plain"),
+      ("/v1/recommend:batch", valid, "application/json")):
+    assert client.post(path, content=body, headers={
+        "content-type": content_type}).status_code == 204
+    assert reached.pop() == (path, body)
 
 
 def _tower_raises(error):

@@ -2,6 +2,7 @@
 complete newer version, refuses a broken one, and never mixes versions."""
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -119,6 +120,7 @@ def test_reexport_under_traffic_switches_without_a_failed_or_mixed_answer(
       metrics = httpx.get(f"{base}/metrics").text
       assert "remi_reloads_total 1.0" in metrics
       assert "remi_refused_versions_total 1.0" in metrics
+      assert re.search(r"^remi_model_load_seconds \d", metrics, re.M)
     finally:
       stop.set()
       sender.join()

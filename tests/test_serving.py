@@ -240,6 +240,7 @@ def test_metrics_count_requests_by_endpoint_and_status(server, user,
   assert after[("remi_model_version", frozenset())] == 1
   assert after[("remi_items_indexed", frozenset())] == len(
       trained[0].item_vocab)
+  assert after[("remi_model_load_seconds", frozenset())] > 0
   assert after[("remi_reloads_total", frozenset())] == 0
   assert after[("remi_refused_versions_total", frozenset())] == 0
 

@@ -90,6 +90,10 @@ class _ModelCollector(prometheus_client.registry.Collector):
     yield core.GaugeMetricFamily(
         "remi_items_indexed", "Items in the served version's index.",
         value=len(recommender.artifacts.vocabulary))
+    yield core.GaugeMetricFamily(
+        "remi_model_load_seconds", "Seconds the served version took to "
+        "load (user tower, item index and its recall check).",
+        value=self.model.load_seconds)
     yield core.CounterMetricFamily(
         "remi_reloads", "New versions swapped in since the start.",
         value=self.model.reloads)

@@ -4,6 +4,7 @@ file-system source polls its base path."""
 
 import logging
 import threading
+import time
 from typing import Callable, Dict, Optional
 
 from remi_tf import layout
@@ -29,6 +30,12 @@ class ServedModel:
     load: loads one version (int) of `model_dir` as a `Recommender`;
       raises on a broken version.
     version: pin this version (never reload); None serves the newest.
+
+  Attributes:
+    current: the `Recommender` being served.
+    reloads: new versions swapped in since the start.
+    refused: {version: why it was refused}.
+    load_seconds: how long the served version took to load.
   """
 
   def __init__(self, model_dir: str, load: Callable[[int], Recommender],
@@ -36,8 +43,9 @@ class ServedModel:
     self.model_dir = model_dir
     self.pinned = version is not None
     self._load = load
-    self.current: Recommender = load(layout.resolve_version(model_dir,
-                                                            version))
+    self.load_seconds = 0.0
+    self.current: Recommender = self._timed_load(
+        layout.resolve_version(model_dir, version))
     self.reloads = 0
     self.refused: Dict[int, str] = {}
     self._stop = threading.Event()
@@ -62,7 +70,7 @@ class ServedModel:
     if newest is None or newest <= self.version or newest in self.refused:
       return None
     try:
-      loaded = self._load(newest)
+      loaded = self._timed_load(newest)
     except Exception as error:  # pylint: disable=broad-except
       # Whatever a broken version raises, the served one must stay.
       self.refused[newest] = f"{type(error).__name__}: {error}"
@@ -71,8 +79,16 @@ class ServedModel:
       return None
     previous, self.current = self.version, loaded
     self.reloads += 1
-    _log.warning("now serving version %d (was %d)", newest, previous)
+    _log.warning("now serving version %d (was %d), loaded in %.1f s",
+                 newest, previous, self.load_seconds)
     return newest
+
+  def _timed_load(self, version: int) -> Recommender:
+    """Loads `version`; on success, its load time is `load_seconds`."""
+    start = time.perf_counter()
+    loaded = self._load(version)
+    self.load_seconds = time.perf_counter() - start
+    return loaded
 
   def start(self, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
     """Checks for new versions every `poll_seconds` in a daemon thread."""

@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: repo path setup, the one-JSON-line
-output, machine information, timing loops and benchmark inputs.
+output, machine information, timing loops, benchmark inputs, and git
+checkouts of other revisions to measure against.
 
 Importing this module (first, before anything that imports TensorFlow):
   * puts the repository root on sys.path and imports `remi_tf`, which sets
@@ -9,14 +10,18 @@ Importing this module (first, before anything that imports TensorFlow):
     stdout (Python or C++ libraries) lands on stderr instead.
 """
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -219,3 +224,52 @@ def raw_histories(histories: np.ndarray, item_vocab: np.ndarray
                   ) -> List[List[str]]:
   """0-padded item-id histories -> lists of raw ids without padding."""
   return [item_vocab[row[row > 0] - 1].tolist() for row in histories]
+
+
+# --- other revisions --------------------------------------------------------
+
+
+def git(*command: str) -> str:
+  """Runs git in the repository; its output without the final newline."""
+  return subprocess.run(["git", "-C", ROOT, *command], check=True,
+                        capture_output=True, text=True).stdout.rstrip()
+
+
+@contextlib.contextmanager
+def git_worktree(commit: str, folder: str):
+  """A detached checkout of `commit` at `folder`, removed on exit."""
+  git("worktree", "add", "--detach", folder, commit)
+  try:
+    yield folder
+  finally:
+    try:
+      git("worktree", "remove", "--force", folder)
+    except subprocess.CalledProcessError:
+      shutil.rmtree(folder, ignore_errors=True)
+      git("worktree", "prune")
+
+
+def known_flags(flags: Sequence[str], help_text: str
+                ) -> Tuple[List[str], List[str]]:
+  """The flags a script accepts, by its --help text.
+
+  Args:
+    flags: command-line tokens, each `--name` followed by its values.
+    help_text: that script's `--help` output.
+
+  Returns:
+    (the tokens of the flags named in `help_text`, the names of the others).
+  """
+  kept, dropped = [], []
+  groups = []
+  for token in flags:
+    if token.startswith("--") or not groups:
+      groups.append([token])
+    else:
+      groups[-1].append(token)
+  for name, *values in groups:
+    if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", help_text):
+      kept += [name, *values]
+    else:
+      dropped.append(name)
+  return kept, dropped

@@ -73,7 +73,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -85,6 +84,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  (repo root on sys.path; imports remi_tf first)
+from _common import git, git_worktree, known_flags  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -188,12 +188,6 @@ def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     return sock.getsockname()[1]
-
-
-def git(*command: str) -> str:
-  """Runs git in the repository; its output without the final newline."""
-  return subprocess.run(["git", "-C", _common.ROOT, *command], check=True,
-                        capture_output=True, text=True).stdout.rstrip()
 
 
 def measured_source() -> dict:
@@ -311,51 +305,11 @@ class Server:
     self._output.close()
 
 
-def known_flags(flags: Sequence[str], help_text: str
-                ) -> Tuple[List[str], List[str]]:
-  """The flags a serve.py accepts, by its --help text.
-
-  Args:
-    flags: command-line tokens, each `--name` followed by its values.
-    help_text: that serve.py's `--help` output.
-
-  Returns:
-    (the tokens of the flags named in `help_text`, the names of the others).
-  """
-  kept, dropped = [], []
-  groups = []
-  for token in flags:
-    if token.startswith("--") or not groups:
-      groups.append([token])
-    else:
-      groups[-1].append(token)
-  for name, *values in groups:
-    if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", help_text):
-      kept += [name, *values]
-    else:
-      dropped.append(name)
-  return kept, dropped
-
-
 def serve_help(root: str, timeout: float) -> str:
   """`<root>/pipelines/serve.py --help`."""
   return subprocess.run([sys.executable, os.path.join(root, SERVE), "--help"],
                         cwd=root, capture_output=True, text=True, check=True,
                         timeout=timeout).stdout
-
-
-@contextlib.contextmanager
-def git_worktree(commit: str, folder: str):
-  """A detached checkout of `commit` at `folder`, removed on exit."""
-  git("worktree", "add", "--detach", folder, commit)
-  try:
-    yield folder
-  finally:
-    try:
-      git("worktree", "remove", "--force", folder)
-    except subprocess.CalledProcessError:
-      shutil.rmtree(folder, ignore_errors=True)
-      git("worktree", "prune")
 
 
 def single_version_folder(model_dir: str, version: int, folder: str) -> str:

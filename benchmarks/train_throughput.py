@@ -1,5 +1,7 @@
 """Training-step throughput (samples/s) at the paper's Gowalla shapes, for
-plain sampled softmax and for REMI, measured in the same process.
+plain sampled softmax and for REMI, measured in the same process; against
+another git revision with --compare-ref; with a per-part profile of the
+step (--profile) and its roofline (--roofline).
 
 What runs: the training model as `remi_tf.training.build_model` builds it
 (`build_user_tower` + `make_sampler` + `RetrievalModel`, compiled with
@@ -31,6 +33,51 @@ Uniform ids touch more distinct embedding rows per batch than real,
 popularity-skewed data, so the sparse (lazy) optimizer update here is, if
 anything, pessimistic.
 
+--compare-ref REF: this tree against git revision REF (e.g. f6ecd87), in
+one run. REF is checked out with `git worktree add --detach` into a
+temporary folder (removed at the end, also on failure). Each round runs
+REF's benchmarks/train_throughput.py and this tree's, each in a fresh
+process of this Python with its tree as working directory and --repeats 1,
+with the same measurement flags (shapes, model, sampler, optimizer,
+learning rate, beta, rr_lambda, steps, warm-up, seed; those REF's --help
+does not name are dropped and listed in `dropped_flags`); --repeats R
+rounds, every other one in reverse order. Reported per variant: both
+trees' samples/s of every round, their medians and new / ref; the headline
+`ratio_remi_new_over_ref` must be >= 1.8 (issue 13's target against
+f6ecd87 at the default shapes). With --profile, this tree's process of the
+last round also profiles; with --roofline, the roofline is computed here
+after the rounds, from this tree's median REMI rate.
+
+--profile: milliseconds per step of each part of the REMI model's step at
+the given shapes, each part alone in a tf.function, taken from the model
+`build_model` built (model.tower, model.sampler, model.task,
+model.optimizer) and timed after the timed fits: median of
+--profile-calls calls after a few untimed ones. Parts: `input` (the next
+batch of the training stream), `tower_forward`, `tower_forward_backward`
+(gradients of sum(interests) + sum(routing)), `sampler`,
+`logits_loss_forward` and `logits_loss_forward_backward` (model.task, the
+TFRS Retrieval task with SampledSoftmaxIHN, on the arguments
+compute_loss gives it for one batch; gradients with respect to its
+embedding arguments), `optimizer_apply` (model.optimizer.apply_gradients
+of one step's gradients: LazyAdam's row-sparse update of the item table
+and Adam on the dense weights), `train_step` (model.train_step on the
+stream, 10 steps per tf.function call, without Keras `fit`) and `fit`
+(per step, from the timed fit). `fit_overhead_ms` is fit - train_step;
+`unattributed_ms` is train_step minus input, tower forward+backward,
+sampler, logits+loss forward+backward and optimizer (the candidates'
+lookups, hard readout, routing regularizer and diagnostics, and what
+running the parts together saves or costs); `tf_function_call_ms` is the
+cost of calling an empty tf.function, included once in every part.
+
+--roofline (off by default; a few seconds; ComiRec-SA, ComiRec-DR and
+MIND): FLOPs and bytes moved per sample from the shapes (`step_cost`),
+the machine's float32 matmul FLOP/s (TensorFlow, the step's largest
+matmul shape, all cores) and memory bandwidth (numpy copy and triad over
+64 MB arrays, one thread per core), both the best of several runs; the
+best possible samples/s is min(FLOP/s / FLOPs per sample, bandwidth /
+bytes per sample), and `achieved_fraction` is REMI's measured samples/s
+over it.
+
 Targets (2 cores): >= 6,000 samples/s (aim 10,000) for REMI; REMI's
 overhead over plain, (plain / remi - 1) * 100, <= 5%.
 
@@ -38,14 +85,22 @@ overhead over plain, (plain / remi - 1) * 100, <= 5%.
   python benchmarks/train_throughput.py --items 5000 --steps 30 --warmup-steps 5
   python benchmarks/train_throughput.py --optimizer adam     # dense Adam
   python benchmarks/train_throughput.py --items 174606 367983 1708531 --repeats 3
+  python benchmarks/train_throughput.py --compare-ref f6ecd87 --repeats 2
+  python benchmarks/train_throughput.py --profile --roofline
 
 Prints progress on stderr and one JSON line on stdout.
 """
 
 import argparse
+import concurrent.futures
+import json
+import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 import types
 
 import numpy as np
@@ -57,7 +112,24 @@ TARGETS = {"samples_per_second_remi": (">=", 6000.0),
            "overhead_percent": ("<=", 5.0)}
 # With several --items: REMI's rate at each size over its rate at the first.
 SCALING_TARGET = (">=", 0.85)
+# With --compare-ref: issue 13's target against f6ecd87.
+COMPARE_TARGET = (">=", 1.8)
 AIM_SAMPLES_PER_SECOND = 10_000.0
+
+SCRIPT = os.path.join("benchmarks", "train_throughput.py")
+NEW, REF = "new", "ref"
+VARIANTS = ("plain", "remi")
+# What sets the measurement, passed to both trees by --compare-ref.
+MEASUREMENT_FLAGS = ("items", "seq_len", "batch_size", "negatives",
+                     "embedding_dim", "interests", "model", "sampler",
+                     "optimizer", "learning_rate", "beta", "rr_lambda",
+                     "warmup_steps", "steps", "seed")
+PROFILE_STEPS_PER_CALL = 10
+# Routing iterations of ComiRec-DR and MIND (capsule.DynamicRouting).
+ROUTING_ITERATIONS = 3
+FLOAT_BYTES, COUNTER_BYTES = 4, 8
+PROBE_ARRAY_BYTES = 64 * 2**20
+PROBE_RUNS = 5
 
 
 def parse_args(argv=None):
@@ -89,13 +161,40 @@ def parse_args(argv=None):
   parser.add_argument("--warmup-steps", type=int, default=50)
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--repeats", type=int, default=1,
-                      help="timed fits per variant, alternating; median")
+                      help="timed fits per variant, alternating; median\n"
+                      "(with --compare-ref: rounds of both trees)")
   parser.add_argument("--seed", type=int, default=2023)
+  parser.add_argument("--compare-ref", metavar="REF",
+                      help="also run the benchmark of git revision REF "
+                      "(e.g. f6ecd87),\nalternating with this tree's")
+  parser.add_argument("--profile", action="store_true",
+                      help="time each part of REMI's training step")
+  parser.add_argument("--profile-calls", type=int, default=50,
+                      help="timed calls per part of --profile (median)")
+  parser.add_argument("--roofline", action="store_true",
+                      help="FLOPs and bytes per sample, the machine's "
+                      "matmul FLOP/s and\nbandwidth, the best possible "
+                      "samples/s and the achieved fraction")
   args = parser.parse_args(argv)
   if min(args.items) < 2:
     parser.error("--items must be >= 2 (padding + one item)")
   _common.require_positive(
-      parser, args, ("seq_len", "batch_size", "negatives", "steps", "repeats"))
+      parser, args, ("seq_len", "batch_size", "negatives", "steps", "repeats",
+                     "profile_calls"))
+  if args.roofline and args.model not in ENCODER_COSTS:
+    parser.error(f"--roofline models {', '.join(ENCODER_COSTS)}, not "
+                 f"{args.model}")
+  args.ref_commit = None
+  if args.compare_ref is not None:
+    if len(args.items) > 1:
+      parser.error("--compare-ref measures one --items size")
+    try:
+      args.ref_commit = _common.git("rev-parse", "--verify",
+                                    f"{args.compare_ref}^{{commit}}")
+      _common.git("cat-file", "-e", f"{args.ref_commit}:{SCRIPT}")
+    except subprocess.CalledProcessError:
+      parser.error(f"--compare-ref {args.compare_ref} is not a revision of "
+                   f"this repository with {SCRIPT}")
   return args
 
 
@@ -150,8 +249,20 @@ def summarize(items, rates, losses, warmup_seconds, models, variants, args):
   return results
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
+def headline(plain: float, remi: float) -> dict:
+  """The figures of REMI's and plain's samples/s."""
+  return {"samples_per_second_remi": remi,
+          "samples_per_second_plain": plain,
+          "ratio_remi_over_plain": remi / plain,
+          "overhead_percent": (plain / remi - 1.0) * 100.0}
+
+
+# --- one tree ---------------------------------------------------------------
+
+
+def measure(args) -> dict:
+  """The benchmark in this process: every (size, variant) fitted, then
+  the profile and roofline if asked. Returns the JSON line's figures."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.keras.utils.set_random_seed(args.seed)
   variants = {"plain": (0.0, 0.0), "remi": (args.beta, args.rr_lambda)}
@@ -191,29 +302,467 @@ def main(argv=None) -> int:
                                variants, args)
               for items in args.items}
   first = args.items[0]
-  plain = by_items[first]["plain"]["samples_per_second"]
-  remi = by_items[first]["remi"]["samples_per_second"]
-  figures = {"samples_per_second_remi": remi,
-             "samples_per_second_plain": plain,
-             "ratio_remi_over_plain": remi / plain,
-             "overhead_percent": (plain / remi - 1.0) * 100.0}
+  figures = headline(by_items[first]["plain"]["samples_per_second"],
+                     by_items[first]["remi"]["samples_per_second"])
   targets = dict(TARGETS)
   several = len(args.items) > 1
-  ratios = {items: by_items[items]["remi"]["samples_per_second"] / remi
-            for items in args.items}
+  ratios = {items: by_items[items]["remi"]["samples_per_second"]
+            / figures["samples_per_second_remi"] for items in args.items}
   if several:
     figures["smallest_rate_ratio"] = min(ratios.values())
     targets["smallest_rate_ratio"] = SCALING_TARGET
   _common.log(f"remi/plain = {figures['ratio_remi_over_plain']:.3f}, "
               f"overhead {figures['overhead_percent']:.1f}%")
-  _common.emit("train_throughput", args, {
+  profile = (profile_step(args, models[first, "remi"], streams[first],
+                          by_items[first]["remi"]["ms_per_step"])
+             if args.profile else None)
+  return {
       **figures, "variants": by_items[first], "num_items": first - 1,
       "by_items": by_items if several else None,
       "remi_rate_ratio_by_items": ratios if several else None,
+      "profile": profile,
+      "roofline": (roofline(args, figures["samples_per_second_remi"])
+                   if args.roofline else None),
       "targets": {**_common.describe_targets(targets),
                   "aim_samples_per_second": AIM_SAMPLES_PER_SECOND},
       "meets_targets": _common.check_targets(figures, targets),
-  })
+  }
+
+
+# --- profile ----------------------------------------------------------------
+
+
+class _CallRecorder:
+  """Stands in for a layer: calls it and records the arguments."""
+
+  def __init__(self, layer):
+    self.layer = layer
+    self.calls = []
+
+  def __call__(self, *args, **kwargs):
+    self.calls.append((args, kwargs))
+    return self.layer(*args, **kwargs)
+
+
+def task_arguments(model, batch) -> tuple:
+  """(args, kwargs) that `model.compute_loss(batch)` passes to `model.task`,
+  from one eager call."""
+  task = model.task
+  recorder = _CallRecorder(task)
+  # object.__setattr__: past Keras's attribute tracking, which would
+  # register the stand-in as a layer of the model.
+  object.__setattr__(model, "task", recorder)
+  try:
+    model.compute_loss(batch, training=True)
+  finally:
+    object.__setattr__(model, "task", task)
+  if len(recorder.calls) != 1:
+    raise RuntimeError(f"compute_loss called model.task "
+                       f"{len(recorder.calls)} times, not once")
+  return recorder.calls[0]
+
+
+def _median_ms(function, calls: int, warmup: int,
+               steps_per_call: int = 1) -> float:
+  """Median milliseconds per step of `function()` over `calls` calls after
+  `warmup` untimed ones."""
+  seconds = _common.time_calls(lambda _: function(), [None] * calls,
+                               warmup=warmup)
+  return 1e3 * float(np.median(seconds)) / steps_per_call
+
+
+def profile_step(args, model, stream, fit_ms_per_step: float) -> dict:
+  """Milliseconds per step of each part of `model`'s training step.
+
+  Each part runs alone in its own tf.function on one batch of `stream`
+  (int32 history [B, n], target [B]), warmed up, then timed call by call
+  (median of args.profile_calls). The parts are those of the model itself:
+  model.tower, model.sampler, model.task (on the arguments compute_loss
+  passes it), model.optimizer, model.train_step.
+
+  Args:
+    args: the benchmark's arguments (profile_calls).
+    model: a compiled `RetrievalModel` that has been fitted (optimizer
+      built).
+    stream: its training stream.
+    fit_ms_per_step: ms per step of the model's timed Keras fit.
+
+  Returns:
+    {"ms_per_step": {part: ms}, "fit_overhead_ms", "unattributed_ms",
+    "tf_function_call_ms", "calls", "train_step_steps_per_call"}.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  iterator = iter(stream)
+  batch = next(iterator)
+  history, target = batch["history"], batch["target"]
+  task_args, task_kwargs = task_arguments(model, batch)
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss(batch, training=True)
+  gradients = tape.gradient(loss, variables)
+
+  def tower_forward_backward(history):
+    with tf.GradientTape() as tape:
+      outputs = model.tower(history, training=True)
+      total = (tf.reduce_sum(outputs["interests"])
+               + tf.reduce_sum(outputs["routing"]))
+    return tape.gradient(total, model.tower.trainable_variables)
+
+  def loss_forward_backward(*task_args, **task_kwargs):
+    embeddings = [value for value in task_args
+                  if tf.is_tensor(value) and value.dtype.is_floating]
+    with tf.GradientTape() as tape:
+      tape.watch(embeddings)
+      loss = model.task(*task_args, **task_kwargs)
+    return tape.gradient(loss, embeddings)
+
+  def train_steps(iterator):
+    for _ in tf.range(PROFILE_STEPS_PER_CALL):
+      model.train_step(next(iterator))
+
+  take = tf.function(lambda iterator: next(iterator))
+  tower = tf.function(lambda history: model.tower(history, training=True))
+  tower_backward = tf.function(tower_forward_backward)
+  sample = tf.function(lambda target: vars(model.sampler(target)))
+  task = tf.function(lambda *task_args, **task_kwargs: model.task(
+      *task_args, **task_kwargs))
+  task_backward = tf.function(loss_forward_backward)
+  apply = tf.function(lambda gradients: model.optimizer.apply_gradients(
+      zip(gradients, variables)))
+  parts = {
+      "input": lambda: take(iterator),
+      "tower_forward": lambda: tower(history),
+      "tower_forward_backward": lambda: tower_backward(history),
+      "sampler": lambda: sample(target),
+      "logits_loss_forward": lambda: task(*task_args, **task_kwargs),
+      "logits_loss_forward_backward": lambda: task_backward(*task_args,
+                                                            **task_kwargs),
+      "optimizer_apply": lambda: apply(gradients),
+  }
+  calls, warmup = args.profile_calls, max(2, args.profile_calls // 10)
+  ms = {name: _median_ms(part, calls, warmup) for name, part in parts.items()}
+  train = tf.function(train_steps)
+  ms["train_step"] = _median_ms(
+      lambda: train(iterator), max(2, calls // PROFILE_STEPS_PER_CALL), 1,
+      PROFILE_STEPS_PER_CALL)
+  ms["fit"] = fit_ms_per_step
+  increment, zero = tf.function(lambda x: x + 1), tf.constant(0.0)
+  call_ms = _median_ms(lambda: increment(zero), calls, warmup)
+  unattributed = ms["train_step"] - sum(ms[name] for name in (
+      "input", "tower_forward_backward", "sampler",
+      "logits_loss_forward_backward", "optimizer_apply"))
+  profile = {"ms_per_step": ms,
+             "fit_overhead_ms": ms["fit"] - ms["train_step"],
+             "unattributed_ms": unattributed,
+             "tf_function_call_ms": call_ms, "calls": calls,
+             "train_step_steps_per_call": PROFILE_STEPS_PER_CALL}
+  _common.log(f"profile of remi's step (ms per step, median of {calls} "
+              "calls):\n" + "\n".join(
+                  f"  {name:<30} {value:8.3f}" for name, value in (
+                      *ms.items(), ("fit overhead (fit - train_step)",
+                                    profile["fit_overhead_ms"]),
+                      ("unattributed", unattributed),
+                      ("tf.function call", call_ms))))
+  return profile
+
+
+# --- roofline ---------------------------------------------------------------
+
+
+def _self_attentive_cost(b, n, d, k):
+  """ComiRec-SA: routing MLP d -> 4d (tanh) -> K over n positions, V = A H."""
+  return {"flops": {"routing_w1": 2 * n * d * 4 * d,
+                    "routing_w2": 2 * n * 4 * d * k,
+                    "interests_av": 2 * k * n * d},
+          "dense_parameters": 4 * d * d + 4 * d * k + n * d,
+          "largest_activation": n * 4 * d,
+          "largest_matmul": (b * n, d, 4 * d)}
+
+
+def _capsule_cost(b, n, d, k, shared):
+  """ComiRec-DR (a d x Kd map per position) or MIND (one d x d map shared,
+  tiled over K): u_hat, then per routing iteration the interests
+  sum_n w u_hat and, but for the last, the logits u_hat . interest."""
+  out = d if shared else k * d
+  routing = (2 * ROUTING_ITERATIONS - 1) * 2 * k * n * d
+  return {"flops": {"u_hat": 2 * n * d * out, "routing": routing},
+          "dense_parameters": d * d if shared else n * d * k * d,
+          "largest_activation": k * n * d,
+          "largest_matmul": (b * n, d, out)}
+
+
+ENCODER_COSTS = {
+    "comirec-sa": _self_attentive_cost,
+    "comirec-dr": lambda b, n, d, k: _capsule_cost(b, n, d, k, shared=False),
+    "mind": lambda b, n, d, k: _capsule_cost(b, n, d, k, shared=True),
+}
+
+
+def step_cost(args) -> dict:
+  """FLOPs and bytes moved per sample of one training step, from the shapes.
+
+  With B batch, n seq_len, d embedding_dim, K interests, N = items[0] - 1
+  items, S negatives (N with the full sampler), C = B + S candidates per
+  example (TFRS scores every example against all of them).
+
+  FLOPs (multiply-add = 2; matmuls only: tanh, softmax, the loss's exp and
+  Adam's arithmetic are left out), forward per sample:
+    routing MLP (ComiRec-SA)   2 n d 4d + 2 n 4d K   ([n, d] -> [n, 4d]
+                                                       -> [n, K])
+    interests V = A H          2 K n d               ([K, n] x [n, d])
+    hard readout               2 K d                 (K interests . positive)
+    logits                     2 d C                 ([d] x [d, C])
+  (ComiRec-DR: u_hat 2 n d Kd, MIND: 2 n d d; both: routing 5 x 2 K n d
+  for 3 iterations.) Backward ~2x forward (gradients of both operands), so
+  a step is 3x the forward.
+
+  Bytes per step (float32 4 bytes, counters int64 8), divided by B:
+    lookups L = B n + B + S rows (history incl. padding, positives,
+      negatives); touched rows u = N (1 - exp(-L / N)) (uniform ids)
+    item-embedding gathers     L x 4d   (read)
+    their gradients            L x 4d x 2   (written by backward, read by
+                                             the sum per row)
+    lazy Adam, touched rows    u x (6 x 4d + 2 x 8)   (param, m, v read
+                                 and written; last_step read and written)
+      dense Adam instead       (N + 1) x 8 x 4d   (param, m, v read and
+                                 written, m and v read again: every row)
+    dense weights              P x 8 x 4   (Adam as above + gradient
+                                 written and read; P: W1, W2, positions)
+    activations                B x 4 x 4 x (n 4d + C)   (the routing
+                                 MLP's hidden layer and the logits row,
+                                 written and read forward and again
+                                 backward; ComiRec-DR/MIND: K n d u_hat)
+  Other intermediates are assumed to stay in cache, so the bytes are a
+  lower bound and the bound they give an upper bound.
+
+  Returns:
+    flops_per_sample, bytes_per_sample, arithmetic_intensity (FLOPs/byte),
+    forward_flops_by_term and bytes_by_term (per sample), lookups and
+    touched_rows per step, largest_matmul [m, k, n].
+  """
+  b, n, d, k = args.batch_size, args.seq_len, args.embedding_dim, args.interests
+  num_items = args.items[0] - 1
+  negatives = (num_items if args.sampler == "full"
+               else min(args.negatives, num_items))
+  candidates = b + negatives
+  encoder = ENCODER_COSTS[args.model](b, n, d, k)
+  forward = {**encoder["flops"], "hard_readout": 2 * k * d,
+             "logits": 2 * d * candidates}
+  lookups = b * n + b + negatives
+  touched = num_items * -math.expm1(-lookups / num_items)
+  row = FLOAT_BYTES * d
+  table_optimizer = (touched * (6 * row + 2 * COUNTER_BYTES)
+                     if args.optimizer == "lazy-adam"
+                     else (num_items + 1) * 8 * row)
+  per_step = {
+      "embedding_gathers": lookups * row,
+      "embedding_gradients": 2 * lookups * row,
+      "table_optimizer": table_optimizer,
+      "dense_weights": 8 * FLOAT_BYTES * encoder["dense_parameters"],
+      "activations": b * 4 * FLOAT_BYTES * (encoder["largest_activation"]
+                                            + candidates),
+  }
+  bytes_by_term = {name: value / b for name, value in per_step.items()}
+  flops = 3 * sum(forward.values())
+  total_bytes = sum(bytes_by_term.values())
+  return {"flops_per_sample": flops, "bytes_per_sample": total_bytes,
+          "arithmetic_intensity": flops / total_bytes,
+          "forward_flops_by_term": forward, "bytes_by_term": bytes_by_term,
+          "lookups": lookups, "touched_rows": touched,
+          "largest_matmul": list(encoder["largest_matmul"])}
+
+
+def matmul_flops_per_second(shape) -> float:
+  """float32 FLOP/s of a TensorFlow matmul [m, k] x [k, n] (its default
+  threads: all cores), the best of several timed calls."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  m, k, n = shape
+  rng = np.random.default_rng(0)
+  left = tf.constant(rng.standard_normal((m, k), np.float32))
+  right = tf.constant(rng.standard_normal((k, n), np.float32))
+  matmul = tf.function(tf.matmul)
+  calls = 4 * PROBE_RUNS
+  seconds = _common.time_calls(lambda _: matmul(left, right),
+                               [None] * calls, warmup=PROBE_RUNS)
+  return 2.0 * m * k * n / float(seconds.min())
+
+
+def bandwidth_bytes_per_second() -> dict:
+  """Memory bandwidth with numpy over 64 MB float32 arrays, one thread per
+  core on its own slice, the best of several runs, bytes/s: copy (read
+  one array, write one) and triad a = b + s c (read two, write one; in
+  1 MB chunks so the second pass reads from cache)."""
+  size = PROBE_ARRAY_BYTES // FLOAT_BYTES
+  a, b, c = (np.full(size, value, np.float32) for value in (0.0, 1.0, 2.0))
+  threads = len(os.sched_getaffinity(0))
+  bounds = np.linspace(0, size, threads + 1).astype(int)
+  chunk = 2**18
+
+  def copy(start, stop):
+    np.copyto(a[start:stop], b[start:stop])
+
+  def triad(start, stop):
+    for first in range(start, stop, chunk):
+      last = min(first + chunk, stop)
+      np.multiply(c[first:last], 3.0, out=a[first:last])
+      np.add(a[first:last], b[first:last], out=a[first:last])
+
+  rates = {}
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for name, kernel, arrays in (("copy", copy, 2), ("triad", triad, 3)):
+      best = math.inf
+      for _ in range(PROBE_RUNS):
+        start = time.perf_counter()
+        list(pool.map(kernel, bounds[:-1], bounds[1:]))
+        best = min(best, time.perf_counter() - start)
+      rates[name] = arrays * PROBE_ARRAY_BYTES / best
+  return rates
+
+
+def roofline(args, samples_per_second: float) -> dict:
+  """The best samples/s the machine allows for `step_cost(args)` and the
+  fraction of it `samples_per_second` achieves."""
+  cost = step_cost(args)
+  matmul = matmul_flops_per_second(cost["largest_matmul"])
+  bandwidth = bandwidth_bytes_per_second()
+  best_bandwidth = max(bandwidth.values())
+  bounds = {"compute": matmul / cost["flops_per_sample"],
+            "memory": best_bandwidth / cost["bytes_per_sample"]}
+  bound = min(bounds, key=bounds.get)
+  result = {
+      **cost,
+      "matmul_gflops": matmul / 1e9,
+      "bandwidth_gbs": best_bandwidth / 1e9,
+      "copy_gbs": bandwidth["copy"] / 1e9,
+      "triad_gbs": bandwidth["triad"] / 1e9,
+      "machine_balance": matmul / best_bandwidth,
+      "compute_bound_samples_per_second": bounds["compute"],
+      "memory_bound_samples_per_second": bounds["memory"],
+      "bound_samples_per_second": bounds[bound],
+      "bound": bound,
+      "samples_per_second_remi": samples_per_second,
+      "achieved_fraction": samples_per_second / bounds[bound],
+  }
+  _common.log(
+      f"roofline: {cost['flops_per_sample'] / 1e6:.2f} MFLOP and "
+      f"{cost['bytes_per_sample'] / 1e3:.1f} kB per sample; matmul "
+      f"{result['matmul_gflops']:.1f} GFLOP/s, bandwidth "
+      f"{result['bandwidth_gbs']:.1f} GB/s -> at most "
+      f"{bounds[bound]:,.0f} samples/s ({bound}-bound); REMI achieves "
+      f"{result['achieved_fraction']:.1%}")
+  return result
+
+
+# --- against another revision -----------------------------------------------
+
+
+def forwarded_flags(args) -> list:
+  """The measurement flags with this run's values, for both trees (each
+  measures one timed fit per variant per round)."""
+  flags = []
+  for name in MEASUREMENT_FLAGS:
+    value = getattr(args, name)
+    flags += [f"--{name.replace('_', '-')}",
+              *map(str, value if isinstance(value, list) else [value])]
+  return flags + ["--repeats", "1"]
+
+
+def script_help(root: str) -> str:
+  """`<root>/benchmarks/train_throughput.py --help` (on stderr: the
+  benchmarks keep stdout for their JSON line)."""
+  process = subprocess.run(
+      [sys.executable, os.path.join(root, SCRIPT), "--help"], cwd=root,
+      capture_output=True, text=True, check=True, timeout=300)
+  return process.stdout + process.stderr
+
+
+def run_tree(root: str, flags) -> dict:
+  """The JSON line of `<root>/benchmarks/train_throughput.py flags`, run in
+  a fresh process of this Python with `root` as working directory (its
+  progress goes to this process's stderr)."""
+  process = subprocess.run(
+      [sys.executable, os.path.join(root, SCRIPT), *flags], cwd=root,
+      stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+      check=False)
+  if process.returncode != 0:
+    raise RuntimeError(f"{SCRIPT} of {root} exited with "
+                       f"{process.returncode}")
+  return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def compare(args) -> dict:
+  """This tree against revision args.ref_commit, alternating fresh
+  processes of both benchmarks. Returns the JSON line's figures."""
+  flags = forwarded_flags(args)
+  profile_flags = (["--profile", "--profile-calls", str(args.profile_calls)]
+                   if args.profile else [])
+  changed = _common.git("status", "--porcelain", "--", "remi_tf",
+                        "benchmarks")
+  rounds, runs = [], {NEW: [], REF: []}
+  with tempfile.TemporaryDirectory() as folder, _common.git_worktree(
+      args.ref_commit, os.path.join(folder, REF)) as ref_root:
+    kept, dropped = _common.known_flags(flags, script_help(ref_root))
+    if not kept:
+      raise RuntimeError(f"the --help of {SCRIPT} at {args.compare_ref} "
+                         "names none of the measurement flags")
+    trees = {NEW: (_common.ROOT, flags), REF: (ref_root, kept)}
+    for round_number in range(args.repeats):
+      # Every other round backwards, so that a drift of the machine's load
+      # does not favour the tree measured first.
+      order = [NEW, REF] if round_number % 2 == 0 else [REF, NEW]
+      rounds.append(order)
+      for name in order:
+        root, tree_flags = trees[name]
+        last = name == NEW and round_number == args.repeats - 1
+        _common.log(f"round {round_number + 1}/{args.repeats}: {name} "
+                    f"({root})")
+        runs[name].append(run_tree(
+            root, [*tree_flags, *(profile_flags if last else [])]))
+
+  variants = {}
+  for variant in VARIANTS:
+    key = f"samples_per_second_{variant}"
+    samples = {name: [run[key] for run in runs[name]] for name in runs}
+    medians = {name: statistics.median(values)
+               for name, values in samples.items()}
+    variants[variant] = {**samples, "new_median": medians[NEW],
+                         "ref_median": medians[REF],
+                         "ratio_new_over_ref": medians[NEW] / medians[REF]}
+    _common.log(f"{variant}: new {medians[NEW]:,.0f} / ref "
+                f"{medians[REF]:,.0f} samples/s = "
+                f"{variants[variant]['ratio_new_over_ref']:.3f}")
+  figures = {
+      **headline(variants["plain"]["new_median"],
+                 variants["remi"]["new_median"]),
+      "ratio_remi_new_over_ref": variants["remi"]["ratio_new_over_ref"],
+      "ratio_plain_new_over_ref": variants["plain"]["ratio_new_over_ref"],
+  }
+  targets = {**TARGETS, "ratio_remi_new_over_ref": COMPARE_TARGET}
+  return {
+      **figures, "num_items": args.items[0] - 1,
+      "compare": {
+          "ref": args.compare_ref,
+          "commits": {NEW: _common.git("rev-parse", "HEAD"),
+                      REF: args.ref_commit},
+          "new_uncommitted": [line[3:] for line in changed.splitlines()],
+          "worktree": ref_root,
+          "flags": {NEW: flags, REF: kept}, "dropped_flags": dropped,
+          "rounds": rounds, "variants": variants,
+          "args": {name: runs[name][0]["args"] for name in runs},
+      },
+      "profile": runs[NEW][-1].get("profile"),
+      "roofline": (roofline(args, figures["samples_per_second_remi"])
+                   if args.roofline else None),
+      "targets": {**_common.describe_targets(targets),
+                  "aim_samples_per_second": AIM_SAMPLES_PER_SECOND},
+      "meets_targets": _common.check_targets(figures, targets),
+  }
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  results = compare(args) if args.compare_ref is not None else measure(args)
+  _common.emit("train_throughput", args, results)
   return 0
 
 

@@ -34,6 +34,160 @@ def test_training_throughput_compares_table_sizes_in_one_run():
   assert "smallest_rate_ratio" in result["meets_targets"]
 
 
+TINY_TRAINING = ["--items", "300", "--negatives", "32", "--seq-len", "8",
+                 "--batch-size", "16", "--warmup-steps", "1", "--steps", "2"]
+
+
+@pytest.fixture(name="throughput", scope="module")
+def fixture_throughput():
+  """benchmarks/train_throughput.py as a module (main is not run)."""
+  spec = importlib.util.spec_from_file_location(
+      "benchmark_train_throughput",
+      os.path.join(ROOT, "benchmarks", "train_throughput.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):
+  def cost(*flags):
+    return throughput.step_cost(throughput.parse_args(list(flags)))
+
+  base = cost()
+  assert cost("--seq-len", "80")["flops_per_sample"] > base["flops_per_sample"]
+  assert (cost("--negatives", "2560")["flops_per_sample"]
+          > base["flops_per_sample"])
+  wider = cost("--embedding-dim", "128")
+  assert wider["bytes_per_sample"] > base["bytes_per_sample"]
+  # Routing MLP d -> 4d: quadratic in d, the logits linear.
+  assert (wider["forward_flops_by_term"]["routing_w1"]
+          == 4 * base["forward_flops_by_term"]["routing_w1"])
+  assert (wider["forward_flops_by_term"]["logits"]
+          == 2 * base["forward_flops_by_term"]["logits"])
+  assert base["arithmetic_intensity"] == pytest.approx(
+      base["flops_per_sample"] / base["bytes_per_sample"])
+  # The lazy update touches the batch's rows; dense Adam every row.
+  assert base["touched_rows"] <= base["lookups"]
+  bigger = cost("--items", "1746060")
+  assert bigger["bytes_per_sample"] < 1.05 * base["bytes_per_sample"]
+  assert (cost("--optimizer", "adam", "--items", "1746060")["bytes_per_sample"]
+          > 5 * cost("--optimizer", "adam")["bytes_per_sample"])
+  assert set(cost("--model", "mind")["forward_flops_by_term"]) >= {
+      "u_hat", "routing", "logits"}
+
+
+def test_the_roofline_bound_is_the_tighter_of_compute_and_memory(
+    throughput, monkeypatch):
+  args = throughput.parse_args(["--roofline"])
+  cost = throughput.step_cost(args)
+  bounds = []
+  for matmul in (1e15, 1e6):
+    monkeypatch.setattr(throughput, "matmul_flops_per_second",
+                        lambda shape, rate=matmul: rate)
+    monkeypatch.setattr(throughput, "bandwidth_bytes_per_second",
+                        lambda: {"copy": 1e10, "triad": 2e10})
+    result = throughput.roofline(args, samples_per_second=100.0)
+    compute = matmul / cost["flops_per_sample"]
+    memory = 2e10 / cost["bytes_per_sample"]  # the better of copy and triad
+    assert result["bound_samples_per_second"] == pytest.approx(
+        min(compute, memory))
+    assert result["achieved_fraction"] == pytest.approx(
+        100.0 / min(compute, memory))
+    bounds.append(result["bound"])
+  assert bounds == ["memory", "compute"]
+
+
+def test_the_machine_probes_measure_matmul_and_memory_rates(throughput):
+  assert throughput.matmul_flops_per_second((64, 32, 16)) > 0
+  rates = throughput.bandwidth_bytes_per_second()
+  assert set(rates) == {"copy", "triad"}
+  assert min(rates.values()) > 0
+
+
+def test_the_reference_gets_the_measurement_flags_its_help_names(throughput):
+  args = throughput.parse_args(TINY_TRAINING + ["--profile", "--roofline"])
+  flags = throughput.forwarded_flags(args)
+  assert flags[flags.index("--items") + 1] == "300"
+  assert flags[-2:] == ["--repeats", "1"]
+  assert not {"--profile", "--roofline", "--compare-ref"} & set(flags)
+  older_help = "  --items ITEMS\n  --seq-len SEQ_LEN\n  --steps STEPS\n"
+  kept, dropped = throughput._common.known_flags(flags, older_help)
+  assert kept == ["--items", "300", "--seq-len", "8", "--steps", "2"]
+  assert "--negatives" in dropped and "--items" not in dropped
+
+
+@pytest.mark.parametrize("flags", [
+    ["--compare-ref", "HEAD", "--items", "300", "3000"],
+    ["--compare-ref", "no-such-revision"],
+    ["--roofline", "--model", "gru4rec"],
+])
+def test_what_compare_ref_and_roofline_cannot_measure_is_refused(
+    throughput, flags):
+  with pytest.raises(SystemExit) as error:
+    throughput.parse_args(flags)
+  assert error.value.code == 2
+
+
+def _worktrees():
+  return subprocess.run(["git", "-C", ROOT, "worktree", "list", "--porcelain"],
+                        capture_output=True, text=True, check=True).stdout
+
+
+def test_compare_ref_alternates_both_trees_and_profiles_this_one():
+  """Against HEAD itself: the structure of the comparison (not its ratio)
+  and the last round's profile of this tree."""
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks",
+                                    "train_throughput.py"),
+       *TINY_TRAINING, "--compare-ref", "HEAD", "--repeats", "2",
+       "--profile", "--profile-calls", "3"],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert process.returncode == 0, process.stderr[-3000:]
+  (line,) = process.stdout.splitlines()
+  result = json.loads(line)
+  compare = result["compare"]
+  assert compare["rounds"] == [["new", "ref"], ["ref", "new"]]
+  head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"],
+                        capture_output=True, text=True,
+                        check=True).stdout.strip()
+  assert compare["commits"]["ref"] == head
+  for variant in ("plain", "remi"):
+    figures = compare["variants"][variant]
+    assert len(figures["new"]) == len(figures["ref"]) == 2
+    assert min(figures["new"] + figures["ref"]) > 0
+    assert figures["ratio_new_over_ref"] == pytest.approx(
+        figures["new_median"] / figures["ref_median"])
+  assert result["ratio_remi_new_over_ref"] == (
+      compare["variants"]["remi"]["ratio_new_over_ref"])
+  assert result["samples_per_second_remi"] == (
+      compare["variants"]["remi"]["new_median"])
+  # Both children ran one fit per variant with the shapes asked for and
+  # no compare mode of their own.
+  for tree in ("new", "ref"):
+    assert compare["args"][tree]["negatives"] == 32
+    assert compare["args"][tree]["repeats"] == 1
+    assert compare["args"][tree].get("compare_ref") is None
+  assert compare["dropped_flags"] == []
+  assert compare["flags"]["ref"] == compare["flags"]["new"]
+  assert not os.path.exists(compare["worktree"])
+  assert compare["worktree"] not in _worktrees()
+  assert "ratio_remi_new_over_ref" in result["meets_targets"]
+
+  profile = result["profile"]
+  assert set(profile["ms_per_step"]) == {
+      "input", "tower_forward", "tower_forward_backward", "sampler",
+      "logits_loss_forward", "logits_loss_forward_backward",
+      "optimizer_apply", "train_step", "fit"}
+  assert min(profile["ms_per_step"].values()) > 0
+  assert profile["tf_function_call_ms"] > 0
+  last_rate = compare["variants"]["remi"]["new"][-1]
+  assert profile["ms_per_step"]["fit"] == pytest.approx(1e3 * 16 / last_rate)
+  assert profile["fit_overhead_ms"] == pytest.approx(
+      profile["ms_per_step"]["fit"] - profile["ms_per_step"]["train_step"])
+  assert "tower_forward_backward" in process.stderr
+  assert result["roofline"] is None
+
+
 # --- benchmarks/serving.py ---------------------------------------------------
 
 

@@ -133,6 +133,30 @@ def _worktrees():
                         capture_output=True, text=True, check=True).stdout
 
 
+def test_compare_ref_removes_its_worktree_when_a_run_fails(
+    throughput, monkeypatch):
+  folders, existed = [], []
+  checkout = throughput._common.git_worktree
+
+  def recorded_checkout(commit, folder):
+    folders.append(folder)
+    return checkout(commit, folder)
+
+  def failing_run(root, flags):
+    del root, flags
+    existed.append(os.path.isdir(folders[0]))
+    raise RuntimeError("the benchmark failed")
+
+  monkeypatch.setattr(throughput._common, "git_worktree", recorded_checkout)
+  monkeypatch.setattr(throughput, "run_tree", failing_run)
+  args = throughput.parse_args(TINY_TRAINING + ["--compare-ref", "HEAD"])
+  with pytest.raises(RuntimeError, match="the benchmark failed"):
+    throughput.compare(args)
+  assert existed == [True]
+  assert not os.path.exists(folders[0])
+  assert folders[0] not in _worktrees()
+
+
 def test_compare_ref_alternates_both_trees_and_profiles_this_one():
   """Against HEAD itself: the structure of the comparison (not its ratio)
   and the last round's profile of this tree."""

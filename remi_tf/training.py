@@ -64,6 +64,13 @@ CONFIG_FILE = "config.json"
 # not yet recorded), and runs.py's "tested" (test metrics computed, not
 # recorded) and "exported" (export published, not yet returned).
 CRASH_AT = "REMI_TF_CRASH_AT"
+# Training steps per call of Keras's train function (`steps_per_execution`):
+# each call costs a Python dispatch and a round of callbacks, a measurable
+# share of a step of a few tens of milliseconds (docs/RESULTS.md,
+# "Training speed"). A run uses the largest divisor of it that also divides
+# eval_every and max_steps (`run_steps_per_execution`), so that intervals,
+# early stopping and resume stay step-exact.
+STEPS_PER_EXECUTION = 20
 
 
 def crash_point(name: str) -> None:
@@ -241,10 +248,21 @@ def truncate_history(run_dir: str, intervals: int,
   return read_history(run_dir)
 
 
+def run_steps_per_execution(train_config: config.TrainConfig) -> int:
+  """The steps per train-function call of a run: the largest divisor of
+  `STEPS_PER_EXECUTION` that divides eval_every and max_steps (every
+  interval, and the run, then ends at the end of a call)."""
+  return math.gcd(STEPS_PER_EXECUTION, train_config.eval_every,
+                  train_config.max_steps)
+
+
 def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
                 learning_rate: float, seed: int,
-                optimizer: str = "lazy-adam") -> RetrievalModel:
-  """The compiled training model for a dataset and configuration."""
+                optimizer: str = "lazy-adam",
+                steps_per_execution: int = STEPS_PER_EXECUTION
+                ) -> RetrievalModel:
+  """The compiled training model for a dataset and configuration, running
+  `steps_per_execution` training steps per call of its train function."""
   # Pop ranks by the training users' items only, as the reference.
   item_ranking = (dataset.train.items_by_popularity(dataset.num_items)
                   if model_config.model == "pop" else None)
@@ -257,7 +275,8 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
   if optimizer not in optimizers:
     raise ValueError(f"unknown optimizer {optimizer!r}; choose one of "
                      f"{', '.join(config.OPTIMIZERS)}")
-  model.compile(optimizer=optimizers[optimizer](learning_rate))
+  model.compile(optimizer=optimizers[optimizer](learning_rate),
+                steps_per_execution=steps_per_execution)
   return model
 
 
@@ -270,7 +289,8 @@ def _new_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
   tf.keras.utils.set_random_seed(train_config.seed)
   with (strategy or tf.distribute.get_strategy()).scope():
     return build_model(dataset, model_config, train_config.learning_rate,
-                       train_config.seed, train_config.optimizer)
+                       train_config.seed, train_config.optimizer,
+                       run_steps_per_execution(train_config))
 
 
 def best_model(dataset: ProcessedDataset, model_config: config.ModelConfig,

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import BOOKS_SLICE, ROOT
 from remi_tf import config, evaluation, runs, training
-from remi_tf.data.inputs import evaluation_examples
+from remi_tf.data.inputs import evaluation_examples, training_dataset
 
 METRIC_KEYS = {"recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50",
                "ndcg@50"}
@@ -211,3 +211,40 @@ def test_every_tower_trains_end_to_end(model, planted_log, tmp_path):
   assert metrics["steps"] == (0 if model == "pop" else TOWER_STEPS)
   assert_beats_baselines(metrics["test"],
                          baselines_of(tmp_path / "run", cache), 1.5)
+
+
+def test_steps_per_execution_divides_intervals_and_the_run():
+  for eval_every, max_steps in ((1000, 1_000_000), (50, 130), (7, 1000)):
+    steps = training.run_steps_per_execution(config.TrainConfig(
+        eval_every=eval_every, max_steps=max_steps))
+    assert 1 <= steps <= training.STEPS_PER_EXECUTION
+    assert eval_every % steps == 0 and max_steps % steps == 0
+  assert training.run_steps_per_execution(config.TrainConfig(
+      eval_every=1000, max_steps=5000)) == training.STEPS_PER_EXECUTION
+
+
+def test_several_steps_per_execution_train_as_one_step_per_call(tiny_run):
+  """The same seed and batches give the same weights whether Keras runs 1
+  or 5 training steps per call of its train function."""
+  run_dir, _, cache = tiny_run
+  run_config, dataset, _, _ = runs.load_run(str(run_dir), str(cache))
+  stream = training_dataset(dataset.train, run_config.model.seq_len, 16,
+                            run_config.train.seed)
+  weights = []
+  for steps_per_execution in (1, 5):
+    tf.keras.utils.set_random_seed(run_config.train.seed)
+    model = training.build_model(
+        dataset, run_config.model, run_config.train.learning_rate,
+        run_config.train.seed, run_config.train.optimizer,
+        steps_per_execution)
+    model.fit(stream, steps_per_epoch=10, epochs=2, verbose=0)
+    assert training.optimizer_step(model) == 20
+    weights.append([variable.numpy() for variable in model.variables])
+  tf.keras.utils.set_random_seed(run_config.train.seed)
+  untrained = training.build_model(
+      dataset, run_config.model, run_config.train.learning_rate,
+      run_config.train.seed, run_config.train.optimizer)
+  assert any(not np.allclose(before.numpy(), after) for before, after in
+             zip(untrained.variables, weights[0]))
+  for one_step, five_steps in zip(*weights):
+    np.testing.assert_allclose(one_step, five_steps, rtol=1e-5, atol=1e-6)

@@ -109,9 +109,11 @@ class LazyAdam(tf.keras.optimizers.Adam):
     v.scatter_update(tf.IndexedSlices(v_rows, rows))
     last_step.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(rows), step),
                                               rows))
-    variable.scatter_sub(tf.IndexedSlices(
-        movement + self._alpha(dtype) * m_rows / (tf.sqrt(v_rows) +
-                                                  self.epsilon), rows))
+    # Gather, subtract and scatter back: TF's CPU scatter_sub works row by
+    # row and takes about twice as long as a gather plus scatter_update.
+    variable.scatter_update(tf.IndexedSlices(
+        tf.gather(variable, rows) - movement - self._alpha(dtype) * m_rows /
+        (tf.sqrt(v_rows) + self.epsilon), rows))
 
   def catch_up(self, variables):
     """Applies every row's pending movement up to the last step taken (a

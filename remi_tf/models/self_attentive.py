@@ -47,9 +47,20 @@ class SelfAttentiveRouting(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """inputs float [B, n, d], mask float [B, n] -> routing float [B, K, n]."""
-    logits = tf.transpose(self.logits(self.hidden(inputs)), [0, 2, 1])
-    return masked_softmax(logits, mask[:, None, :])
+    """inputs float [B, n, d], mask float [B, n] -> routing float [B, K, n].
+
+    The MLP runs on the real positions only: a padding position's logits
+    are masked out, so computing them would change nothing but the cost
+    (the MLP is most of the tower's FLOPs, and histories shorter than n
+    are common: every target position from the 5th on gives an example).
+    """
+    positions = tf.where(mask > 0)  # int64 [R, 2], (example, position)
+    real_logits = self.logits(self.hidden(tf.gather_nd(inputs, positions)))
+    logits = tf.scatter_nd(
+        positions, real_logits,
+        tf.concat([tf.shape(mask, out_type=tf.int64),
+                   [self.num_interests]], axis=0))
+    return masked_softmax(tf.transpose(logits, [0, 2, 1]), mask[:, None, :])
 
 
 class ComiRecSA(tf.keras.layers.Layer):

@@ -88,6 +88,37 @@ def test_comirec_sa_interests_are_routing_times_history():
                              rtol=1e-5, atol=1e-6)
 
 
+def test_comirec_sa_routing_is_the_masked_softmax_of_its_mlp_everywhere():
+  """The MLP runs on real positions only; the routing must equal the
+  formula A = masked softmax(W2 tanh(W1 (H + P))) computed on all of them,
+  and so must its gradient."""
+  tower = _tower("comirec-sa")
+  histories = _histories()
+  mask = tf.cast(histories > 0, tf.float32)
+  routing_layer = tower.encoder.routing
+
+  def by_the_formula():
+    embedded = tf.gather(tower.item_table(), histories) * mask[..., None]
+    hidden = tf.tanh(tf.matmul(embedded + tower.encoder.positions[None],
+                               routing_layer.hidden.kernel))
+    logits = tf.transpose(tf.matmul(hidden, routing_layer.logits.kernel),
+                          [0, 2, 1])
+    return masked_softmax(logits, mask[:, None, :])
+
+  routings, gradients = [], []
+  for routing_of in (lambda: tower(histories)["routing"], by_the_formula):
+    with tf.GradientTape() as tape:
+      routing = routing_of()
+      weighted = tf.reduce_sum(routing * tf.range(1.0, SEQ_LEN + 1))
+    routings.append(routing.numpy())
+    gradients.append([tf.convert_to_tensor(g).numpy() for g in tape.gradient(
+        weighted, [routing_layer.hidden.kernel, routing_layer.logits.kernel,
+                   tower.encoder.positions])])
+  np.testing.assert_allclose(routings[0], routings[1], rtol=1e-5, atol=1e-6)
+  for ours, formula in zip(*gradients):
+    np.testing.assert_allclose(ours, formula, rtol=1e-4, atol=1e-6)
+
+
 def test_position_embeddings_enter_routing_only():
   tower = _tower("comirec-sa")
   histories = _histories()

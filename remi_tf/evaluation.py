@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf.data.inputs import EvaluationExamples
-from remi_tf.retrieval import exact_top_n, is_member_of_row
+from remi_tf.retrieval import exact_top_n_by_columns, is_member_of_row
 
 CUTOFFS = (20, 50)
 # Scores held at once by exact retrieval (users x interests x items floats):
@@ -112,17 +112,18 @@ def rank_by_interests(interests_of: Callable[[np.ndarray], np.ndarray],
     num_interests = int(np.shape(interests_of(histories[:1]))[1])
     batch_size = int(np.clip(
         SCORE_BUDGET // (num_interests * item_table.shape[0]), 1, 256))
+  item_columns = tf.transpose(item_table)  # once, for every batch
   ranked = [
       _top_ids(tf.convert_to_tensor(interests_of(histories[start:start +
                                                            batch_size])),
-               item_table, tf.constant(n)).numpy()
+               item_columns, tf.constant(n)).numpy()
       for start in range(0, len(histories), batch_size)]
   return np.concatenate(ranked) if ranked else np.zeros((0, n), np.int32)
 
 
 @tf.function(reduce_retracing=True)
-def _top_ids(interests, item_table, n):
-  return exact_top_n(interests, item_table, n)[0]
+def _top_ids(interests, item_columns, n):
+  return exact_top_n_by_columns(interests, item_columns, n)[0]
 
 
 def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,

@@ -162,6 +162,14 @@ def _answer(recommendation: Recommendation, version: int) -> dict:
           "model_version": version}
 
 
+async def _recommend(batcher: RequestBatcher, request
+                     ) -> responses.JSONResponse:
+  """The answer to one validated `RecommendRequest`, through the batcher
+  (raises as `RequestBatcher.recommend`)."""
+  answer, version = await batcher.recommend(_query(request))
+  return responses.JSONResponse(_answer(answer, version))
+
+
 def _error(status: int, kind: str, message: str,
            loc: Sequence[Union[str, int]] = (),
            headers: Optional[dict] = None) -> responses.JSONResponse:
@@ -257,8 +265,7 @@ class RecommendFastPath:
     except pydantic.ValidationError:
       return await self.app(scope, _replay(body, receive), send)
     try:
-      answer, version = await self.batcher.recommend(_query(request))
-      response = responses.JSONResponse(_answer(answer, version))
+      response = await _recommend(self.batcher, request)
     except (RequestError, UserTowerError) as error:
       response = _model_error(error)
     await response(scope, receive, send)
@@ -388,11 +395,10 @@ def create_app(model: ServedModel,
   # thread that FastAPI makes for a `def` endpoint would add a third to a
   # lone request's time. A batch request may take tens of milliseconds, so
   # it goes to a worker thread and the loop stays free.
-  @app.post("/v1/recommend", response_model=RecommendAnswer,
+  @app.post(RecommendFastPath.PATH, response_model=RecommendAnswer,
             responses=model_errors)
   async def recommend(request: recommend_request):
-    answer, version = await batcher.recommend(_query(request))
-    return responses.JSONResponse(_answer(answer, version))
+    return await _recommend(batcher, request)
 
   @app.post("/v1/recommend:batch", response_model=BatchAnswer,
             responses=model_errors)

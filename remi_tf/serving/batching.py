@@ -66,11 +66,13 @@ class RequestBatcher:
       if self._observe_batch is not None:
         self._observe_batch(len(batch))
       queries = [query for query, _ in batch]
-      if self.model.current.artifacts.user_tower.remote:
-        answers, version = await asyncio.get_running_loop().run_in_executor(
-            None, self._answer, queries)
+      recommender = self.model.current  # one version for the whole batch
+      if recommender.artifacts.user_tower.remote:
+        answers = await asyncio.get_running_loop().run_in_executor(
+            None, _answers, recommender, queries)
       else:
-        answers, version = self._answer(queries)
+        answers = _answers(recommender, queries)
+      version = recommender.artifacts.version
       for (_, future), answer in zip(batch, answers):
         if future.done():  # its client went away
           continue
@@ -91,15 +93,11 @@ class RequestBatcher:
       if len(self._pending) == waiting:
         return
 
-  def _answer(self, queries: List[Query]
-              ) -> Tuple[List[Union[Recommendation, Exception]], int]:
-    """Each query's answer or exception, and the version that answered."""
-    recommender = self.model.current
-    return _answers(recommender, queries), recommender.artifacts.version
 
 
 def _answers(recommender: Recommender, queries: List[Query]
              ) -> List[Union[Recommendation, Exception]]:
+  """Each query's answer, or the exception it gets."""
   try:
     return recommender.recommend_queries(queries)
   except RequestError as error:

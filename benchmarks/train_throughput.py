@@ -100,7 +100,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 import numpy as np
@@ -610,11 +609,9 @@ def bandwidth_bytes_per_second() -> dict:
   rates = {}
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for name, kernel, arrays in (("copy", copy, 2), ("triad", triad, 3)):
-      best = math.inf
-      for _ in range(PROBE_RUNS):
-        start = time.perf_counter()
-        list(pool.map(kernel, bounds[:-1], bounds[1:]))
-        best = min(best, time.perf_counter() - start)
+      best = min(_common.timed(lambda kernel=kernel: list(
+          pool.map(kernel, bounds[:-1], bounds[1:])))[0]
+                 for _ in range(PROBE_RUNS))
       rates[name] = arrays * PROBE_ARRAY_BYTES / best
   return rates
 

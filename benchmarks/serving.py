@@ -22,8 +22,8 @@ every other round in reverse order); figures are medians over the rounds. Each v
 concurrency:
 
   (a) sequential: --requests single `POST /v1/recommend {"history": [...],
-      "k": --k}` one after the other from one httpx.Client;
-  (b) under load: --concurrency threads, each with its own httpx.Client,
+      "k": --k}` one after the other from one client (--client);
+  (b) under load: --concurrency threads, each with its own client,
       sharing --load-requests requests in total;
   (c) levels: for each of --concurrency-levels (threads as in (b)),
       requests for --seconds at the highest level and
@@ -70,6 +70,7 @@ Prints progress on stderr and one JSON line on stdout.
 import argparse
 import collections
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -80,6 +81,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -163,6 +165,11 @@ def parse_args(argv=None):
                       help="seconds to wait for /healthz, and for a new "
                       "version after its publish")
   parser.add_argument("--seed", type=int, default=2023)
+  parser.add_argument("--client", choices=sorted(CLIENTS), default="stdlib",
+                      help="the load's HTTP client (default stdlib: "
+                      "http.client, a\nkeep-alive connection per thread; "
+                      "httpx: the client of figures\nbefore 2026-11-27, "
+                      "which spends about 2 ms of CPU per request)")
   args = parser.parse_args(argv)
   _common.require_positive(
       parser, args, ("k", "requests", "concurrency", "load_requests",
@@ -366,6 +373,55 @@ class AnswerLog:
                                     + list(self._last[version]))]
 
 
+class StdlibClient:
+  """POSTs JSON over one keep-alive HTTP/1.1 connection (the standard
+  library's http.client). On a 2-core machine the client's CPU is part of
+  each latency: this one spends a fraction of httpx's per request.
+
+  Args:
+    base: the service's base URL, http://host:port.
+    timeout: seconds, per socket operation.
+  """
+
+  def __init__(self, base: str, timeout: float):
+    address = urllib.parse.urlsplit(base)
+    self._connection = http.client.HTTPConnection(
+        address.hostname, address.port, timeout=timeout)
+
+  def post(self, path: str, payload) -> Tuple[int, bytes]:
+    """(status, body) of POST `path` with `payload` as JSON."""
+    try:
+      self._connection.request("POST", path, json.dumps(payload).encode(),
+                               {"Content-Type": "application/json"})
+      response = self._connection.getresponse()
+      return response.status, response.read()
+    except Exception:
+      self._connection.close()  # the next request reconnects
+      raise
+
+  def close(self) -> None:
+    self._connection.close()
+
+
+class HttpxClient:
+  """`StdlibClient`'s interface over an httpx.Client."""
+
+  def __init__(self, base: str, timeout: float):
+    import httpx  # pylint: disable=g-import-not-at-top
+    self._client = httpx.Client(base_url=base, timeout=timeout)
+
+  def post(self, path: str, payload) -> Tuple[int, bytes]:
+    """(status, body) of POST `path` with `payload` as JSON."""
+    response = self._client.post(path, json=payload)
+    return response.status_code, response.content
+
+  def close(self) -> None:
+    self._client.close()
+
+
+CLIENTS = {"stdlib": StdlibClient, "httpx": HttpxClient}
+
+
 class Tally:
   """One client thread's requests: latencies of the successful ones, the
   errors, and answers that named an older version than the thread's
@@ -381,13 +437,12 @@ class Tally:
   def send(self, client, number: int, history, k: int) -> None:
     start = time.perf_counter()
     try:
-      response = client.post("/v1/recommend",
-                             json={"history": history, "k": k})
+      status, body = client.post("/v1/recommend",
+                                 {"history": history, "k": k})
       finished = time.perf_counter()
-      if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: "
-                           f"{response.text[:200]}")
-      answer = response.json()
+      if status != 200:
+        raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+      answer = json.loads(body)
       self.items.append(len(answer["items"]))
       self.seconds.append(finished - start)
     except Exception as error:  # pylint: disable=broad-except
@@ -430,12 +485,11 @@ def run_load(base: str, histories, args, concurrency: int,
              requests: Optional[int] = None, seconds: Optional[float] = None,
              stop: Optional[threading.Event] = None,
              log: Optional[AnswerLog] = None) -> dict:
-  """`concurrency` threads, each with its own httpx.Client, send requests
+  """`concurrency` threads, each with its own --client client, send requests
   one after the other (request i: histories[i % len(histories)]) until
   `requests` were started in total, `seconds` passed or `stop` is set,
   whichever comes first (give at least one); the requests in flight then
   finish. Returns the merged `Tally.summary` with the concurrency."""
-  import httpx  # pylint: disable=g-import-not-at-top
   counter = itertools.count()
   deadline = None
 
@@ -452,7 +506,7 @@ def run_load(base: str, histories, args, concurrency: int,
     while (number := next_request()) is not None:
       tally.send(client, number, histories[number % len(histories)], args.k)
 
-  clients = [httpx.Client(base_url=base, timeout=args.timeout)
+  clients = [CLIENTS[args.client](base, args.timeout)
              for _ in range(concurrency)]
   tallies = [Tally(log) for _ in clients]
   ready = threading.Barrier(concurrency + 1)
@@ -876,6 +930,7 @@ def main(argv=None) -> int:
       "reexport": reexport,
       "source": source_state,
       "history_source": source,
+      "client": args.client,
       "random_fallback_reason": fallback_reason,
       "mean_history_length": float(np.mean(lengths)),
       "num_items": metadata.get("num_items"),

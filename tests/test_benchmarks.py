@@ -2,11 +2,13 @@
 measured elsewhere: timing never in an assert)."""
 
 import argparse
+import http.server
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -301,6 +303,52 @@ def test_an_older_serve_py_gets_only_the_flags_its_help_names(bench):
   assert bench.known_flags(["--model-version", "3"], new_help) == (
       ["--model-version", "3"], [])
   assert bench.known_flags(["--model", "3"], new_help)[1] == ["--model"]
+
+
+class _JsonEcho(http.server.BaseHTTPRequestHandler):
+  """Answers POST /echo with its JSON body and 200, anything else 404;
+  keeps the connection open unless the body asks to close it."""
+
+  protocol_version = "HTTP/1.1"
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    body = json.dumps(payload).encode()
+    self.send_response(200 if self.path == "/echo" else 404)
+    self.send_header("Content-Length", str(len(body)))
+    if payload.get("close"):
+      self.send_header("Connection", "close")
+      self.close_connection = True
+    self.end_headers()
+    self.wfile.write(body)
+
+  def log_message(self, *args):  # pylint: disable=arguments-differ
+    pass
+
+
+@pytest.fixture(name="echo_url")
+def fixture_echo_url():
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JsonEcho)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+  server.server_close()
+
+
+def test_both_load_clients_post_json_and_read_status_and_body(bench,
+                                                              echo_url):
+  for name, client_class in bench.CLIENTS.items():
+    client = client_class(echo_url, timeout=5.0)
+    try:
+      assert client.post("/echo", {"history": ["a", "b"], "k": 3}) == (
+          200, b'{"history": ["a", "b"], "k": 3}'), name
+      assert client.post("/other", {"k": 1})[0] == 404, name
+      # A server that closes the connection: the next request reconnects.
+      assert client.post("/echo", {"close": True})[0] == 200, name
+      assert client.post("/echo", {"k": 2}) == (200, b'{"k": 2}'), name
+    finally:
+      client.close()
 
 
 def test_answers_are_checked_against_the_version_they_name(bench):

@@ -1,11 +1,20 @@
 """Reproduce the paper's comparisons on a dataset with one budget and seed:
 the ablation (ComiRec-SA, +IHN, +RR, REMI), the baselines (Pop, YouTube DNN,
-GRU4Rec, MIND, ComiRec-DR, and REMI on MIND and ComiRec-DR) and the beta
-sweep; writes report.md and figures.
+GRU4Rec, MIND, ComiRec-DR), REMI on each multi-interest tower (original,
++REMI, gain) and the beta sweep; writes report.md and figures. A rerun
+skips the rows already trained in --output.
 
   python pipelines/reproduce.py --dataset csv \
       --raw-file ../shared/data/amazon-books-38k/interactions.csv.gz \
       --max-steps 5000 --output reports/books
+
+--study ihn trains the IHN study instead: ComiRec-SA with IHN alone over
+the paper's beta grid, with fewer and with log-uniform negatives (see
+docs/RESULTS.md). --only NAME ... trains some rows only (ComiRec-SA among
+them), e.g. a longer budget for two of them:
+
+  python pipelines/reproduce.py --dataset csv --raw-file ... --study ihn \
+      --max-steps 20000 --only ComiRec-SA "+IHN beta=1" --output reports/ihn-20k
 """
 
 import argparse
@@ -29,7 +38,12 @@ def main(argv=None) -> int:
                       help="default: max-steps / 10, at most 1000")
   parser.add_argument("--patience", type=int, default=50)
   parser.add_argument("--seed", type=int, default=config.TrainConfig.seed)
-  parser.add_argument("--output", help="default reports/<dataset>")
+  parser.add_argument("--study", choices=sorted(report.STUDIES),
+                      default="paper", help="which rows (default paper)")
+  parser.add_argument("--only", nargs="+", metavar="NAME",
+                      help="train only these rows (names as in the report)")
+  parser.add_argument("--output", help="default reports/<dataset>, or "
+                      "reports/<dataset>-<study> for another study")
   cli.add_cache_flag(parser)
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
@@ -38,10 +52,16 @@ def main(argv=None) -> int:
   eval_every = args.eval_every or max(1, min(1000, args.max_steps // 10))
   budget = {"max_steps": args.max_steps, "eval_every": eval_every,
             "patience": args.patience, "seed": args.seed}
+  default_output = args.dataset if args.study == "paper" else (
+      f"{args.dataset}-{args.study}")
+  try:
+    report.study_rows(args.dataset, args.study, args.only)  # before training
+  except ValueError as error:
+    parser.error(str(error))
   path = report.write_report(args.dataset, args.raw_file,
                              args.output or os.path.join("reports",
-                                                         args.dataset),
-                             budget, args.cache_dir)
+                                                         default_output),
+                             budget, args.cache_dir, args.study, args.only)
   with open(path) as written:
     print(written.read())
   return 0

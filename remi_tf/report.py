@@ -1,7 +1,9 @@
 """The reproduction report: the paper's ablation (Table 5), the baselines
-(Table 2, and REMI on ComiRec-DR and MIND as in Table 3) and the beta sweep
-(Figure 6), trained with one budget and seed, written as a Markdown table and
-figures (routing heatmaps, HR@50 against beta, IHN weights of negatives)."""
+(Table 2), REMI on each multi-interest tower (Table 3: original, +REMI,
+gain) and the beta sweep (Figure 6), trained with one budget and seed,
+written as Markdown tables and figures (routing heatmaps, HR@50 against
+beta, IHN weights of negatives); and the IHN study (`ihn_study`), the
+experiments behind Table 5's +IHN row."""
 
 import dataclasses
 import json
@@ -19,6 +21,16 @@ REMI = "REMI"
 BETA_SWEEP = (0.1, 1.0, 4.0, 10.0)
 RR_LAMBDA = 100.0
 METRICS = ("recall@20", "hr@20", "ndcg@20", "recall@50", "hr@50", "ndcg@50")
+# Table 3: (tower, its row as published, its row with REMI).
+REMI_PAIRS = (
+    (BASELINE, BASELINE, REMI),
+    ("MIND", "MIND", "REMI (MIND)"),
+    ("ComiRec-DR", "ComiRec-DR", "REMI (ComiRec-DR)"),
+)
+# The IHN study's negatives: a tenth of the default 1,280, which makes
+# their share of a 38k-item catalog about the share 1,280 are of the
+# paper's 368k Books items.
+FEW_NEGATIVES = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +66,35 @@ def methods(dataset: str) -> List[Method]:
   return rows
 
 
-def run_methods(dataset: str, raw_file: Optional[str], output_dir: str,
-                budget: dict, cache_dir: Optional[str] = None
-                ) -> Dict[str, dict]:
-  """Trains every method (skipping finished ones) and returns their
+def ihn_study(dataset: str) -> List[Method]:
+  """ComiRec-SA with IHN alone (no RR) against ComiRec-SA: over the
+  paper's beta grid, with `FEW_NEGATIVES` uniform negatives, and with
+  log-uniform (popularity) negatives, each at the dataset's beta."""
+  beta = config.DATASET_DEFAULTS[dataset].beta
+  plain = {"model": "comirec-sa", "beta": 0.0, "rr_lambda": 0.0}
+  rows = [Method(BASELINE, plain)]
+  rows += [Method(f"+IHN beta={b:g}", {**plain, "beta": b})
+           for b in BETA_SWEEP]
+  for label, change in ((f"{FEW_NEGATIVES} negatives",
+                         {"negatives": FEW_NEGATIVES}),
+                        ("log-uniform", {"sampler": "log-uniform"})):
+    rows += [Method(f"ComiRec-SA, {label}", {**plain, **change}),
+             Method(f"+IHN beta={beta:g}, {label}",
+                    {**plain, "beta": beta, **change})]
+  return rows
+
+
+STUDIES = {"paper": methods, "ihn": ihn_study}
+
+
+def run_methods(rows: List[Method], dataset: str, raw_file: Optional[str],
+                output_dir: str, budget: dict,
+                cache_dir: Optional[str] = None) -> Dict[str, dict]:
+  """Trains every row (skipping finished ones) and returns their
   metrics.json by method name. `budget`: max_steps, eval_every, patience,
   seed (train.py setting names)."""
   results = {}
-  for method in methods(dataset):
+  for method in rows:
     run_dir = os.path.join(output_dir, "runs", _slug(method.name))
     metrics_path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(metrics_path):
@@ -76,20 +109,49 @@ def run_methods(dataset: str, raw_file: Optional[str], output_dir: str,
 
 
 def markdown_table(results: Dict[str, dict]) -> str:
-  """Recall/HR/NDCG @20 and @50 (in %) per method, and the relative change
-  of Recall@50 and HR@50 against ComiRec-SA."""
+  """Recall/HR/NDCG @20 and @50 (in %) per method, the relative change of
+  Recall@50 and HR@50 against ComiRec-SA, and the training time."""
   header = ("| method | " + " | ".join(m.replace("recall", "Recall").replace(
       "hr", "HR").replace("ndcg", "NDCG") for m in METRICS) +
-            " | Recall@50 vs SA | HR@50 vs SA |")
-  lines = [header, "|" + "---|" * (len(METRICS) + 3)]
+            " | Recall@50 vs SA | HR@50 vs SA | training |")
+  lines = [header, "|" + "---|" * (len(METRICS) + 4)]
   base = results[BASELINE]["test"]
   for name, metrics in results.items():
     test = metrics["test"]
     cells = [f"{100 * test[m]:.2f}" for m in METRICS]
-    changes = [f"{100 * (test[m] / base[m] - 1):+.1f}%" if base[m] else "n/a"
-               for m in ("recall@50", "hr@50")]
-    lines.append(f"| {name} | " + " | ".join(cells + changes) + " |")
+    changes = [_change(test[m], base[m]) for m in ("recall@50", "hr@50")]
+    lines.append(f"| {name} | " + " | ".join(
+        cells + changes + [_minutes(metrics)]) + " |")
   return "\n".join(lines)
+
+
+def remi_gain_table(results: Dict[str, dict]) -> str:
+  """Table 3's layout: per tower with both rows in `results`, Recall@50
+  and HR@50 (in %) as published, with REMI, and REMI's relative gain;
+  and both training times."""
+  lines = ["| tower | Recall@50 | +REMI | gain | HR@50 | +REMI | gain | "
+           "training | +REMI |", "|" + "---|" * 9]
+  for tower, original, remi in REMI_PAIRS:
+    if original not in results or remi not in results:
+      continue
+    cells = []
+    for metric in ("recall@50", "hr@50"):
+      before = results[original]["test"][metric]
+      after = results[remi]["test"][metric]
+      cells += [f"{100 * before:.2f}", f"{100 * after:.2f}",
+                _change(after, before)]
+    cells += [_minutes(results[original]), _minutes(results[remi])]
+    lines.append(f"| {tower} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _change(value: float, base: float) -> str:
+  return f"{100 * (value / base - 1):+.1f}%" if base else "n/a"
+
+
+def _minutes(metrics: dict) -> str:
+  seconds = metrics.get("train_seconds")
+  return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def plot_routing(output_dir: str, cache_dir: Optional[str],
@@ -206,17 +268,49 @@ def plot_ihn_weights(output_dir: str, cache_dir: Optional[str],
   return path
 
 
+def study_rows(dataset: str, study: str = "paper",
+               only: Optional[List[str]] = None) -> List[Method]:
+  """The rows of `study` (`STUDIES`), or those of them named in `only`, in
+  the study's order.
+
+  Raises:
+    ValueError: an unknown study or row name, or rows without
+      ComiRec-SA (every table compares against it).
+  """
+  if study not in STUDIES:
+    raise ValueError(f"unknown study {study!r}; choose one of "
+                     f"{', '.join(STUDIES)}")
+  rows = STUDIES[study](dataset)
+  if only is not None:
+    known = [method.name for method in rows]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+      raise ValueError(f"no row named {', '.join(map(repr, unknown))}; the "
+                       f"rows are: {', '.join(map(repr, known))}")
+    rows = [method for method in rows if method.name in only]
+  if BASELINE not in [method.name for method in rows]:
+    raise ValueError(f"the rows must include {BASELINE!r}, the tables' "
+                     "reference")
+  return rows
+
+
 def write_report(dataset: str, raw_file: Optional[str], output_dir: str,
-                 budget: dict, cache_dir: Optional[str] = None) -> str:
-  """Trains everything, writes `report.md` and the figures; returns the
-  report's path."""
+                 budget: dict, cache_dir: Optional[str] = None,
+                 study: str = "paper", only: Optional[List[str]] = None
+                 ) -> str:
+  """Trains `study_rows(dataset, study, only)`, writes `report.md` (and,
+  for the whole paper study, the figures); returns the report's path."""
+  rows = study_rows(dataset, study, only)
   os.makedirs(output_dir, exist_ok=True)
-  results = run_methods(dataset, raw_file, output_dir, budget, cache_dir)
-  figures = [plot_routing(output_dir, cache_dir),
-             plot_beta_sweep(results, output_dir),
-             plot_ihn_weights(output_dir, cache_dir)]
+  results = run_methods(rows, dataset, raw_file, output_dir, budget,
+                        cache_dir)
+  figures = []
+  if study == "paper" and only is None:
+    figures = [plot_routing(output_dir, cache_dir),
+               plot_beta_sweep(results, output_dir),
+               plot_ihn_weights(output_dir, cache_dir)]
   lines = [
-      f"# Reproduction report: {dataset}",
+      f"# Reproduction report: {dataset} ({study})",
       "",
       describe_data(dataset, raw_file, results[BASELINE]["dataset"], budget),
       "",
@@ -231,6 +325,9 @@ def write_report(dataset: str, raw_file: Optional[str], output_dir: str,
     if routing:
       lines.append(f"- {name}: max weight {routing['routing_max_weight']:.3f},"
                    f" entropy {routing['routing_entropy']:.3f}")
+  if study == "paper":
+    lines += ["", "REMI on each tower (the paper's Table 3):", "",
+              remi_gain_table(results)]
   lines += [""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})"
                    for f in figures]
   path = os.path.join(output_dir, "report.md")

@@ -4,6 +4,7 @@
 protocol -> cached `ProcessedDataset`.
 """
 
+import dataclasses
 import logging
 import os
 from typing import Optional
@@ -26,7 +27,8 @@ _log = logging.getLogger(__name__)
 def load_dataset(name: str, raw_file: Optional[str] = None,
                  threshold: Optional[int] = None,
                  seed: int = config.SPLIT_SEED,
-                 cache_dir: Optional[str] = None) -> ProcessedDataset:
+                 cache_dir: Optional[str] = None,
+                 times: bool = False) -> ProcessedDataset:
   """Loads a dataset through the ComiRec protocol, from cache when possible.
 
   Args:
@@ -37,6 +39,8 @@ def load_dataset(name: str, raw_file: Optional[str] = None,
     seed: seed of the user split.
     cache_dir: where downloads and preprocessed data are kept (default
       `$REMI_TF_HOME` or `~/.cache/remi-tf`).
+    times: whether to load the interactions' times (`UserSequences.times`;
+      the time-aware towers read them), else they are left out (None).
 
   Returns:
     The processed dataset; its `stats` are also logged.
@@ -53,12 +57,22 @@ def load_dataset(name: str, raw_file: Optional[str] = None,
   key = cache.cache_key(raw_file, dataset=name, threshold=threshold, seed=seed)
   path = os.path.join(home, "preprocessed", f"{name}-{key}.npz")
   if os.path.exists(path):
-    dataset = cache.load(path)
+    dataset = cache.load(path, times)
   else:
     dataset = preprocess(spec.read(raw_file), threshold=threshold, seed=seed)
     cache.save(dataset, path)
+    if not times:
+      dataset = _without_times(dataset)
   _log.info("%s: %s", name, dataset.stats)
   return dataset
+
+
+def _without_times(dataset: ProcessedDataset) -> ProcessedDataset:
+  """The dataset with its splits' times left out, as `cache.load` gives it
+  without times."""
+  return dataclasses.replace(dataset, **{
+      name: dataclasses.replace(getattr(dataset, name), times=None)
+      for name in ("train", "valid", "test")})
 
 
 __all__ = [

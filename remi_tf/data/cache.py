@@ -1,5 +1,10 @@
 """The preprocessed-dataset cache: one `.npz` (numpy, no pickle) per raw
-file identity and protocol parameters, written atomically."""
+file identity and protocol parameters, written atomically.
+
+The interactions' times are stored with every dataset and read only when
+asked for: an `.npz` reads each array when it is accessed, so a dataset
+loaded without times costs nothing for them.
+"""
 
 import hashlib
 import json
@@ -10,8 +15,9 @@ import numpy as np
 
 from remi_tf.data.protocol import ProcessedDataset, UserSequences
 
-# Bump when the protocol's output changes, so stale caches are not reused.
-FORMAT_VERSION = 3
+# Bump when the protocol's output changes, so stale caches are not reused
+# (4: interaction times added).
+FORMAT_VERSION = 4
 _SPLITS = ("train", "valid", "test")
 
 
@@ -39,6 +45,10 @@ def save(dataset: ProcessedDataset, path: str) -> None:
     arrays[f"{name}_offsets"] = split.offsets
     arrays[f"{name}_items"] = split.items
     arrays[f"{name}_users"] = split.users
+    if split.times is None:
+      raise ValueError(f"the {name} split has no times: save the dataset "
+                       "the protocol made")
+    arrays[f"{name}_times"] = split.times
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
@@ -51,13 +61,15 @@ def save(dataset: ProcessedDataset, path: str) -> None:
     raise
 
 
-def load(path: str) -> ProcessedDataset:
-  """Reads a dataset written by `save`."""
+def load(path: str, times: bool = False) -> ProcessedDataset:
+  """Reads a dataset written by `save`, with the interactions' times if
+  `times` (else the splits' `times` are None and are not read)."""
   with np.load(path, allow_pickle=False) as arrays:
     splits = {
         name: UserSequences(offsets=arrays[f"{name}_offsets"],
                             items=arrays[f"{name}_items"],
-                            users=arrays[f"{name}_users"])
+                            users=arrays[f"{name}_users"],
+                            times=arrays[f"{name}_times"] if times else None)
         for name in _SPLITS
     }
     return ProcessedDataset(item_vocab=arrays["item_vocab"],

@@ -1,7 +1,8 @@
 """A user's own log: CSV (or .csv.gz) with header `user_id,item_id,timestamp`.
 
-Ids are any strings; timestamps are integers (any unit, only their order
-matters).
+Ids are any strings; timestamps are integers. Only their order matters,
+except to the towers that read time intervals (`pimirec`), which take them
+as seconds (unix time): a log in another unit gives them other intervals.
 """
 
 from remi_tf.data import parsing

@@ -3,6 +3,10 @@
 Histories are right-padded with the padding id 0: the kept items come
 first, oldest first, then zeros (as the ComiRec/REMI reference iterators do,
 so learned position embeddings index positions from the oldest kept item).
+
+When the split holds its interactions' times (`UserSequences.times`), every
+history comes with its items' times, aligned position by position and 0 at
+padding (int64; only differences between a history's times matter).
 """
 
 import dataclasses
@@ -33,7 +37,9 @@ def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
     start_step: index of the first batch.
 
   Returns:
-    A dataset of {"history": int32 [B, n], "target": int32 [B]}.
+    A dataset of {"history": int32 [B, n], "target": int32 [B]}, and
+    "times": int64 [B, n] (the history items' times, 0 at padding) when
+    the split holds times.
   """
   usable = np.flatnonzero(split.lengths > config.MIN_TARGET_POSITION)
   if len(usable) == 0:
@@ -42,6 +48,7 @@ def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
   starts = tf.constant(split.offsets[usable], tf.int64)
   lengths = tf.constant(split.lengths[usable], tf.int64)
   items = tf.constant(split.items, tf.int32)
+  times = None if split.times is None else tf.constant(split.times)
   positions = tf.range(seq_len, dtype=tf.int64)
 
   def make_batch(step):
@@ -59,11 +66,15 @@ def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
     start = tf.gather(starts, user)
     index = first[:, None] + positions[None, :]
     valid = index < target_position[:, None]
-    history = tf.gather(items, tf.where(valid, start[:, None] + index, 0))
-    return {
-        "history": tf.where(valid, history, 0),
+    flat_index = tf.where(valid, start[:, None] + index, 0)
+    batch = {
+        "history": tf.where(valid, tf.gather(items, flat_index), 0),
         "target": tf.gather(items, start + target_position),
     }
+    if times is not None:
+      batch["times"] = tf.where(
+          valid, tf.cast(tf.gather(times, flat_index), tf.int64), 0)
+    return batch
 
   # One map call builds a whole batch thousands of times faster than a
   # training step consumes it; tf.data's autotuning threads would only
@@ -88,11 +99,14 @@ class EvaluationExamples:
       `target_items[target_offsets[u]:target_offsets[u + 1]]`.
     target_items: int32 [total targets], each user's remaining items in time
       order (repeats kept).
+    times: int64 [U, n], the times of the histories' items (0 at padding),
+      or None when the split holds no times.
   """
 
   histories: np.ndarray
   target_offsets: np.ndarray
   target_items: np.ndarray
+  times: Optional[np.ndarray] = None
 
   @property
   def num_users(self) -> int:
@@ -112,7 +126,8 @@ class EvaluationExamples:
     return EvaluationExamples(
         histories=self.histories[:users],
         target_offsets=self.target_offsets[:users + 1],
-        target_items=self.target_items[:self.target_offsets[users]])
+        target_items=self.target_items[:self.target_offsets[users]],
+        times=None if self.times is None else self.times[:users])
 
 
 def evaluation_examples(split: UserSequences,
@@ -121,8 +136,12 @@ def evaluation_examples(split: UserSequences,
   lengths = split.lengths
   cut = (lengths * config.HISTORY_FRACTION).astype(np.int64)
   history_start = np.maximum(cut - seq_len, 0)
-  histories = _gather_windows(split, history_start, cut - history_start,
-                              seq_len)
+  histories = _gather_windows(split.items, split.offsets, history_start,
+                              cut - history_start, seq_len).astype(np.int32)
+  times = None
+  if split.times is not None:
+    times = _gather_windows(split.times, split.offsets, history_start,
+                            cut - history_start, seq_len).astype(np.int64)
   num_targets = lengths - cut
   target_offsets = np.zeros(len(lengths) + 1, np.int64)
   np.cumsum(num_targets, out=target_offsets[1:])
@@ -132,14 +151,17 @@ def evaluation_examples(split: UserSequences,
                     num_targets)
   target_items = split.items[shift + np.arange(target_offsets[-1])]
   return EvaluationExamples(histories=histories, target_offsets=target_offsets,
-                            target_items=target_items.astype(np.int32))
+                            target_items=target_items.astype(np.int32),
+                            times=times)
 
 
-def _gather_windows(split: UserSequences, first: np.ndarray,
-                    count: np.ndarray, width: int) -> np.ndarray:
-  """int32 [U, width]: items first..first+count of each user, right-padded."""
+def _gather_windows(values: np.ndarray, offsets: np.ndarray,
+                    first: np.ndarray, count: np.ndarray,
+                    width: int) -> np.ndarray:
+  """[U, width]: values first..first+count of each user (a split's items or
+  times, CSR by `offsets`), right-padded with 0."""
   columns = np.arange(width)[None, :]
   valid = columns < count[:, None]
-  index = split.offsets[:-1, None] + first[:, None] + columns
+  index = offsets[:-1, None] + first[:, None] + columns
   index = np.where(valid, index, 0)
-  return np.where(valid, split.items[index], 0).astype(np.int32)
+  return np.where(valid, values[index], 0)

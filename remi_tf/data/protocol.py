@@ -15,11 +15,17 @@ The reference is `preprocess/data.py` of THUDM/ComiRec and its copy
    then `random.shuffle`; nothing else draws from it before), and cut it at
    `int(n * 0.8)` and `int(n * 0.9)` into train, validation and test. Each
    user's interactions are sorted by time, stably (ties keep file order).
+
+Each interaction's time is kept beside its item (`UserSequences.times`),
+for the towers that read time intervals (PIMIRec); only differences between
+times are meaningful, so they are stored relative to the log's earliest
+time, in the raw file's unit (seconds for every dataset: the parsers convert
+dates and milliseconds; a `csv` log's integers are taken as seconds).
 """
 
 import dataclasses
 import random
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -40,11 +46,16 @@ class UserSequences:
       `items[offsets[u]:offsets[u + 1]]`.
     items: int32 [num_interactions], item ids in 1..N, oldest first.
     users: str [num_users], the users' raw ids.
+    times: int32 (int64 when the log's time span does not fit in int32)
+      [num_interactions], the time of each interaction of `items`, relative
+      to the log's earliest time; None when not loaded (the towers that
+      read times then have no time information).
   """
 
   offsets: np.ndarray
   items: np.ndarray
   users: np.ndarray
+  times: Optional[np.ndarray] = None
 
   @property
   def num_users(self) -> int:
@@ -154,8 +165,10 @@ def preprocess(log: InteractionLog, threshold: int,
   first_test = int(len(shuffled) *
                    (config.TRAIN_FRACTION + config.VALID_FRACTION))
   timestamps = log.timestamps
+  earliest = int(timestamps.min()) if len(timestamps) else 0
   splits = [
-      _user_sequences(users, user_codes, item_ids, timestamps, raw_users)
+      _user_sequences(users, user_codes, item_ids, timestamps, earliest,
+                      raw_users)
       for users in (shuffled[:first_valid], shuffled[first_valid:first_test],
                     shuffled[first_test:])
   ]
@@ -180,8 +193,9 @@ def preprocess(log: InteractionLog, threshold: int,
 
 def _user_sequences(users: np.ndarray, user_codes: np.ndarray,
                     item_ids: np.ndarray, timestamps: np.ndarray,
-                    raw_users) -> UserSequences:
-  """Gathers the kept interactions of `users`, time-sorted per user."""
+                    earliest: int, raw_users) -> UserSequences:
+  """Gathers the kept interactions of `users`, time-sorted per user, and
+  their times relative to `earliest`."""
   # int32 positions: at 100M interactions every int64 temporary is 800 MB.
   position = np.full(len(raw_users), -1, dtype=np.int32)
   position[users] = np.arange(len(users), dtype=np.int32)
@@ -194,7 +208,15 @@ def _user_sequences(users: np.ndarray, user_codes: np.ndarray,
   offsets = np.zeros(len(users) + 1, dtype=np.int64)
   np.cumsum(lengths, out=offsets[1:])
   return UserSequences(offsets=offsets, items=item_ids[rows].astype(np.int32),
-                       users=_narrowest(raw_users[users]))
+                       users=_narrowest(raw_users[users]),
+                       times=_compact_times(timestamps[rows] - earliest))
+
+
+def _compact_times(times: np.ndarray) -> np.ndarray:
+  """int64 times >= 0 as int32 when they fit (seconds fit for 68 years)."""
+  if times.max(initial=0) <= np.iinfo(np.int32).max:
+    return times.astype(np.int32)
+  return times
 
 
 def _narrowest(strings: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -306,7 +306,9 @@ def best_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
 def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
           train_config: config.TrainConfig, run_dir: str,
           verbose: Optional[int] = None,
-          task: distribute.Task = distribute.LOCAL) -> Optional[TrainResult]:
+          task: distribute.Task = distribute.LOCAL,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = ()
+          ) -> Optional[TrainResult]:
   """The training phase of the run in `run_dir`: trains, resumes an
   interrupted training, or, once training is recorded as complete, only
   loads its outcome.
@@ -319,6 +321,9 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
     verbose: Keras verbosity (default: progress bar on a terminal, one line
       per interval otherwise).
     task: the strategy and this process's task (default: one machine).
+    callbacks: more Keras callbacks, run at the end of each interval after
+      its validation (its `val_<metric>` in the logs); one may end training
+      by setting `model.stop_training`.
 
   Returns:
     The model (built without a strategy) with its best weights and the
@@ -328,7 +333,8 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
     os.makedirs(run_dir, exist_ok=True)
   record = read_json(os.path.join(run_dir, TRAINING_FILE))
   if record is None:
-    record = _fit(dataset, model_config, train_config, run_dir, verbose, task)
+    record = _fit(dataset, model_config, train_config, run_dir, verbose, task,
+                  callbacks)
   if not task.is_chief:
     return None
   return TrainResult(best_model(dataset, model_config, train_config, run_dir),
@@ -337,7 +343,8 @@ def train(dataset: ProcessedDataset, model_config: config.ModelConfig,
 
 def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
          train_config: config.TrainConfig, run_dir: str,
-         verbose: Optional[int], task: distribute.Task) -> Optional[dict]:
+         verbose: Optional[int], task: distribute.Task,
+         callbacks: Sequence[tf.keras.callbacks.Callback]) -> Optional[dict]:
   """Fits from the backup (or from scratch) until `max_steps` or early
   stopping; the chief records the outcome in training.json and deletes the
   backup.
@@ -363,7 +370,7 @@ def _fit(dataset: ProcessedDataset, model_config: config.ModelConfig,
     try:
       history = _fit_intervals(model, dataset, model_config, train_config,
                                run_dir, write_dir, valid_examples, verbose,
-                               task)
+                               task, callbacks)
     finally:
       if write_dir != run_dir:
         shutil.rmtree(write_dir, ignore_errors=True)
@@ -391,8 +398,9 @@ def _fit_intervals(model: RetrievalModel, dataset: ProcessedDataset,
                    model_config: config.ModelConfig,
                    train_config: config.TrainConfig, run_dir: str,
                    write_dir: str, valid_examples: EvaluationExamples,
-                   verbose: Optional[int],
-                   task: distribute.Task) -> List[Dict[str, float]]:
+                   verbose: Optional[int], task: distribute.Task,
+                   extra_callbacks: Sequence[tf.keras.callbacks.Callback]
+                   ) -> List[Dict[str, float]]:
   """Keras `fit` from the backed-up step to the end; returns the history.
   The backup and history are read from `run_dir`, and written to
   `write_dir` (`run_dir` on the chief)."""
@@ -421,6 +429,7 @@ def _fit_intervals(model: RetrievalModel, dataset: ProcessedDataset,
                                      write_graph=False),
       ResumableEarlyStopping(history, monitor=monitor, mode="max",
                              patience=train_config.patience),
+      *extra_callbacks,
       StopAtMaxSteps(train_config.max_steps),
       backup,  # last: an interval is backed up once everything logged it
   ]

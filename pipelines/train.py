@@ -4,7 +4,10 @@
   python pipelines/train.py --dataset csv --raw-file my_log.csv --beta 0 --rr-lambda 0
 
 Defaults are the paper's, per dataset and model (remi_tf/config.py); every
-numeric flag is range-checked before anything is written. Running the same
+numeric flag is range-checked before anything is written. --config FILE
+reads settings from a JSON file (keys: the flags below with underscores,
+e.g. the one pipelines/tune.py writes); a flag given on the command line
+overrides the file, and the file overrides the defaults. Running the same
 command again resumes an interrupted run where it stopped (training, test
 evaluation or export), and says so when the run is complete.
 
@@ -34,7 +37,10 @@ from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-impor
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
-  cli.add_dataset_flags(parser)
+  cli.add_dataset_flags(parser, required=False)
+  cli.add_config_flag(parser, "JSON object of settings (keys: these flags "
+                      "with underscores,\ne.g. rr_lambda); flags given here "
+                      "override it")
   remi_models = ", ".join(config.REMI_MODELS)
   parser.add_argument("--model", choices=config.MODELS, default=None,
                       help=f"user tower (default comirec-sa). {remi_models} "
@@ -117,19 +123,10 @@ def train(args: argparse.Namespace) -> int:
   if task.serves:
     distribute.serve(task)
     return 0
-  run_config = runs.resolve_config(
-      args.dataset, args.raw_file, model=args.model, interests=args.interests,
-      embedding_dim=args.embedding_dim, embedding_init=args.embedding_init,
-      seq_len=args.seq_len,
-      threshold=args.threshold, beta=args.beta, rr_lambda=args.rr_lambda,
-      negatives=args.negatives, sampler=args.sampler,
-      batch_size=args.batch_size, learning_rate=args.learning_rate,
-      optimizer=args.optimizer,
-      max_steps=args.max_steps, eval_every=args.eval_every,
-      patience=args.patience, seed=args.seed, eval_users=args.eval_users)
+  run_config = runs.resolve_config(**cli.run_settings(args))
   run_dir = args.output or runs.default_run_dir(run_config)
   export_dir = None if args.no_export else (
-      args.export_dir or os.path.join("saved_models", args.dataset))
+      args.export_dir or os.path.join("saved_models", run_config.dataset))
   if runs.is_complete(run_config, run_dir, export_dir):
     print(f"run folder {run_dir} is complete, nothing to do (for a new run "
           "of this configuration: --output NEW_FOLDER)")

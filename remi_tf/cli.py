@@ -1,5 +1,5 @@
 """Command-line plumbing shared by the pipelines: how much TensorFlow logs,
-and what to run after training.
+run settings from a `--config` file, and what to run after training.
 
 TensorFlow's C++ code writes to stderr through two loggers: its own, whose
 threshold `TF_CPP_MIN_LOG_LEVEL` is read once, when TensorFlow loads, and
@@ -21,6 +21,7 @@ import os
 import resource
 import shlex
 import sys
+import typing
 from typing import Optional, Sequence
 
 import numpy as np
@@ -37,11 +38,15 @@ _ABSL_SET_MIN_LOG_LEVEL = (
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+def add_dataset_flags(parser: argparse.ArgumentParser,
+                      required: bool = True) -> None:
   """Adds `--dataset` and `--raw-file`, as every pipeline that reads a
-  dataset takes them."""
-  parser.add_argument("--dataset", required=True,
-                      choices=sorted(config.DATASET_DEFAULTS))
+  dataset takes them; `required=False` where a `--config` file may name the
+  dataset instead (`run_settings` then requires it)."""
+  parser.add_argument("--dataset", required=required,
+                      choices=sorted(config.DATASET_DEFAULTS),
+                      help=None if required else "required unless the "
+                      "--config file names it")
   parser.add_argument("--raw-file", help="local copy of the raw file "
                       "(default: the packaged sample or a download)")
 
@@ -56,6 +61,86 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
   """Adds `--verbose` (read earlier by `configure_logging`) to a parser, so
   that it is accepted and listed in `--help`."""
   parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+
+
+# The settings a --config file may hold, with their types: a run's
+# configuration, named as train.py's flags with underscores (`rr_lambda` for
+# `--rr-lambda`). The cutoffs and the selection metric are the paper's, not
+# settings.
+SETTING_TYPES = {
+    "dataset": str, "raw_file": str, "threshold": int,
+    **{name: hint for name, hint in {
+        **typing.get_type_hints(config.ModelConfig),
+        **typing.get_type_hints(config.TrainConfig)}.items()
+       if name not in ("topn", "selection_metric")},
+}
+
+
+def add_config_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+  """Adds `--config FILE`, a JSON object of run settings (`read_settings`)."""
+  parser.add_argument("--config", metavar="FILE", help=help_text)
+
+
+def read_settings(path: str) -> dict:
+  """The run settings of a --config file: a JSON object whose keys are
+  `SETTING_TYPES` (train.py's flags with underscores), e.g.
+  {"dataset": "csv", "raw_file": "log.csv.gz", "beta": 4, "rr_lambda": 100}.
+  A null value leaves the setting at its default. Values are checked for
+  type here and for range and choice by `runs.resolve_config`.
+
+  Raises:
+    ValueError: the file is missing or not a JSON object, or has a key that
+      is no setting or a value of the wrong type; one line naming the file.
+  """
+  try:
+    with open(path) as stored:
+      settings = json.load(stored)
+  except (OSError, json.JSONDecodeError) as error:
+    raise ValueError(f"--config {path}: {error}") from None
+  if not isinstance(settings, dict):
+    raise ValueError(f"--config {path}: not a JSON object of settings")
+  checked = {}
+  for name, value in settings.items():
+    if name not in SETTING_TYPES:
+      raise ValueError(f"--config {path}: unknown setting {name!r}; settings "
+                       f"are {', '.join(SETTING_TYPES)}")
+    if value is not None:
+      checked[name] = _typed(value, SETTING_TYPES[name], f"--config {path}: "
+                             f"{name}")
+  return checked
+
+
+def _typed(value, hint, where: str):
+  """`value` as the type `hint` (Optional[T] is T; an int is a float), or
+  ValueError."""
+  if typing.get_origin(hint) is typing.Union:
+    hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+  boolean = isinstance(value, bool)  # JSON's true is no number
+  if hint is float and isinstance(value, (int, float)) and not boolean:
+    return float(value)
+  if isinstance(value, hint) and (hint is bool or not boolean):
+    return value
+  kind = {int: "an integer", float: "a number", str: "a string"}.get(
+      hint, f"a {hint.__name__}")
+  raise ValueError(f"{where} must be {kind}, got {json.dumps(value)}")
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+  """A pipeline's run settings: those of its `--config` file (if any), each
+  replaced by the same setting's flag when given on the command line (a
+  flag left out is None). Names as `SETTING_TYPES`.
+
+  Raises:
+    ValueError: a bad --config file (`read_settings`), or no dataset on the
+      command line or in the file.
+  """
+  settings = read_settings(args.config) if args.config else {}
+  settings.update({name: getattr(args, name) for name in SETTING_TYPES
+                   if getattr(args, name, None) is not None})
+  if "dataset" not in settings:
+    raise ValueError("--dataset is required (on the command line or in the "
+                     "--config file)")
+  return settings
 
 
 def configure_logging(argv: Optional[Sequence[str]] = None) -> bool:

@@ -26,6 +26,9 @@ REMI_PAIRS = (
     (BASELINE, BASELINE, REMI),
     ("MIND", "MIND", "REMI (MIND)"),
     ("ComiRec-DR", "ComiRec-DR", "REMI (ComiRec-DR)"),
+    ("Re4", "Re4", "REMI (Re4)"),
+    ("UMI", "UMI", "REMI (UMI)"),
+    ("PIMIRec", "PIMIRec", "REMI (PIMIRec)"),
 )
 # The IHN study's negatives: a tenth of the default 1,280, which makes
 # their share of a 38k-item catalog about the share 1,280 are of the
@@ -59,6 +62,12 @@ def methods(dataset: str) -> List[Method]:
       Method("REMI (MIND)", {"model": "mind", **remi}),
       Method("ComiRec-DR", {"model": "comirec-dr", **plain}),
       Method("REMI (ComiRec-DR)", {"model": "comirec-dr", **remi}),
+      Method("Re4", {"model": "re4", **plain}),
+      Method("REMI (Re4)", {"model": "re4", **remi}),
+      Method("UMI", {"model": "umi", **plain}),
+      Method("REMI (UMI)", {"model": "umi", **remi}),
+      Method("PIMIRec", {"model": "pimirec", **plain}),
+      Method("REMI (PIMIRec)", {"model": "pimirec", **remi}),
   ]
   rows += [Method(f"REMI beta={b:g}", {"model": "comirec-sa", "beta": b,
                                        "rr_lambda": RR_LAMBDA})

@@ -20,8 +20,11 @@ def test_methods_cover_ablation_baselines_and_beta_sweep():
   assert rows["REMI"] == {"model": "comirec-sa", "beta": 10.0,
                           "rr_lambda": 100.0}
   for baseline in ("Pop", "YouTube DNN", "GRU4Rec", "MIND", "ComiRec-DR",
-                   "REMI (MIND)", "REMI (ComiRec-DR)"):
-    assert baseline in rows
+                   "Re4", "UMI", "PIMIRec"):
+    assert rows[baseline]["beta"] == rows[baseline]["rr_lambda"] == 0.0
+  for tower, original, remi in report.REMI_PAIRS:
+    assert rows[remi]["model"] == rows[original]["model"]
+    assert rows[remi]["beta"] == 10.0 and rows[remi]["rr_lambda"] == 100.0
   sweep = sorted(s["beta"] for s in rows.values()
                  if s["model"] == "comirec-sa" and s["rr_lambda"] == 100.0
                  and s["beta"] > 0)

@@ -63,8 +63,8 @@ def test_inference_is_comirec_sa_with_the_same_weights():
 def test_padding_changes_neither_the_outputs_nor_the_backward_losses():
   encoder = _encoder()
   history, mask = _embedded_histories(users=8)
-  garbage = tf.random.stateless_normal(history.shape, [1, 2]) * 5.0
-  noisy = history + garbage * (1.0 - mask[..., None])
+  arbitrary = tf.random.stateless_normal(history.shape, [1, 2]) * 5.0
+  noisy = history + arbitrary * (1.0 - mask[..., None])
   for name, value in encoder.backward_flow_losses(
       *encoder(history, mask), history, mask).items():
     assert value.numpy() > 0, name
@@ -113,8 +113,8 @@ def test_backward_losses_enter_the_training_loss_only():
   model.compile(optimizer=LazyAdam(1e-3))
   features = _features()
   encoder = tower.encoder
-  embedded = tower.item_embedding(features["history"])
   mask = tf.cast(features["history"] > 0, tf.float32)
+  embedded = tower.item_embedding(features["history"]) * mask[..., None]
   flows = encoder.backward_flow_losses(*encoder(embedded, mask), embedded,
                                        mask)
   expected = sum(encoder.flow_weights[name] * flows[name].numpy()

@@ -90,32 +90,39 @@ def _user_metrics(ranked: np.ndarray, target_offsets: np.ndarray,
   return metrics
 
 
-def rank_by_interests(interests_of: Callable[[np.ndarray], np.ndarray],
-                      item_table, histories: np.ndarray, n: int,
-                      batch_size: Optional[int] = None) -> np.ndarray:
+def rank_by_interests(
+    interests_of: Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray],
+    item_table, histories: np.ndarray, n: int,
+    batch_size: Optional[int] = None,
+    times: Optional[np.ndarray] = None) -> np.ndarray:
   """Exact top-n item ids for each history, by max over its interests.
 
   Args:
-    interests_of: int [B, seq_len] histories -> float [B, K, d] interests
-      (a Keras tower, an exported SavedModel, TF Serving).
+    interests_of: (int [B, seq_len] histories, int64 [B, seq_len] times or
+      None) -> float [B, K, d] interests (a Keras tower, an exported
+      SavedModel, TF Serving).
     item_table: float [N + 1, d], row 0 padding.
     histories: int [U, seq_len], 0-padded.
     n: list length.
     batch_size: users per matrix product (default: as many as keep the
       [users, K, N + 1] scores within `SCORE_BUDGET`, at most 256).
+    times: int64 [U, seq_len], the histories' times, or None.
 
   Returns:
     int32 [U, n].
   """
+  def interests(start: int, stop: int):
+    return interests_of(histories[start:stop],
+                        None if times is None else times[start:stop])
+
   item_table = tf.convert_to_tensor(item_table)
   if batch_size is None:
-    num_interests = int(np.shape(interests_of(histories[:1]))[1])
+    num_interests = int(np.shape(interests(0, 1))[1])
     batch_size = int(np.clip(
         SCORE_BUDGET // (num_interests * item_table.shape[0]), 1, 256))
   item_columns = tf.transpose(item_table)  # once, for every batch
   ranked = [
-      _top_ids(tf.convert_to_tensor(interests_of(histories[start:start +
-                                                           batch_size])),
+      _top_ids(tf.convert_to_tensor(interests(start, start + batch_size)),
                item_columns, tf.constant(n)).numpy()
       for start in range(0, len(histories), batch_size)]
   return np.concatenate(ranked) if ranked else np.zeros((0, n), np.int32)
@@ -127,19 +134,27 @@ def _top_ids(interests, item_columns, n):
 
 
 def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,
-              batch_size: Optional[int] = None) -> np.ndarray:
-  """Exact top-n item ids for each history of a Keras user tower
-  (`rank_by_interests` with the tower's interests and item table)."""
-  interests = tf.function(lambda history: tower(history, training=False)[
-      "interests"], reduce_retracing=True)
-  return rank_by_interests(lambda batch: interests(tf.constant(batch)),
-                           tower.item_table(), histories, n, batch_size)
+              batch_size: Optional[int] = None,
+              times: Optional[np.ndarray] = None) -> np.ndarray:
+  """Exact top-n item ids for each history (and its times, if given) of a
+  Keras user tower (`rank_by_interests` with the tower's interests and item
+  table)."""
+  interests = tf.function(lambda history, times: tower(
+      history, times=times, training=False)["interests"],
+                          reduce_retracing=True)
+  return rank_by_interests(
+      lambda batch, batch_times: interests(
+          tf.constant(batch),
+          None if batch_times is None else tf.constant(batch_times)),
+      tower.item_table(), histories, n, batch_size, times)
 
 
 def evaluate(tower: tf.keras.Model, examples: EvaluationExamples,
              cutoffs: Sequence[int] = CUTOFFS,
              batch_size: Optional[int] = None) -> Dict[str, float]:
-  """The paper's metrics of a tower on validation or test examples."""
-  ranked = recommend(tower, examples.histories, max(cutoffs), batch_size)
+  """The paper's metrics of a tower on validation or test examples (with
+  their times when they hold them)."""
+  ranked = recommend(tower, examples.histories, max(cutoffs), batch_size,
+                     examples.times)
   return ranking_metrics(ranked, examples.target_offsets,
                          examples.target_items, cutoffs)

@@ -7,7 +7,11 @@
                      `routing` [batch, K, seq_len]. Unknown ids and "" are
                      dropped in the graph (the known ids move to the front,
                      in order). Only core TF ops (the id lookup is a
-                     StaticHashTable in the graph).
+                     StaticHashTable in the graph). The towers that read
+                     times (`config.TIME_MODELS`) also take `times` int64
+                     [batch, seq_len], each item's time in seconds
+                     (negative: not known); metadata "time_input" says
+                     which signature a version has.
   retrieval/<v>/     SavedModel: history raw ids -> top-k raw ids and scores
                      (max over interests), exact search with TFRS's
                      BruteForce layer, so it too needs only core TF ops; the
@@ -33,9 +37,35 @@ from remi_tf.data import ProcessedDataset
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.index import IndexConfig, ItemIndex, default_config
 from remi_tf.retrieval import merge_over_interests
-from remi_tf.vocabulary import ItemVocabulary, compact_ids
+from remi_tf.vocabulary import ItemVocabulary, compact_order
 
 RETRIEVAL_K = 100
+
+
+def uses_times(tower: tf.keras.Model) -> bool:
+  """Whether a tower reads the history's times (then its exports take a
+  `times` input)."""
+  return getattr(tower, "uses_times", False)
+
+
+def _input_signature(tower: tf.keras.Model, seq_len: int) -> list:
+  """`history` raw ids, and `times` for a tower that reads them."""
+  signature = [tf.TensorSpec([None, seq_len], tf.string, name="history")]
+  if uses_times(tower):
+    signature.append(tf.TensorSpec([None, seq_len], tf.int64, name="times"))
+  return signature
+
+
+def _tower_outputs(tower: tf.keras.Model, lookup: tf.lookup.StaticHashTable,
+                   history: tf.Tensor, times=None) -> dict:
+  """The tower on raw ids: unknown ids dropped (the known ones moved to the
+  front, in order, with their times)."""
+  ids = lookup.lookup(history)
+  order = compact_order(ids)
+  if times is not None:
+    times = tf.gather(times, order, batch_dims=1)
+  return tower(tf.gather(ids, order, batch_dims=1), times=times,
+               training=False)
 
 
 class ServingUserTower(tf.Module):
@@ -47,12 +77,10 @@ class ServingUserTower(tf.Module):
     self.tower = tower
     self.lookup = vocabulary.lookup_table()
     self.serve = tf.function(
-        self._serve, input_signature=[
-            tf.TensorSpec([None, seq_len], tf.string, name="history")])
+        self._serve, input_signature=_input_signature(tower, seq_len))
 
-  def _serve(self, history):
-    outputs = self.tower(compact_ids(self.lookup.lookup(history)),
-                         training=False)
+  def _serve(self, history, times=None):
+    outputs = _tower_outputs(self.tower, self.lookup, history, times)
     return {"interests": outputs["interests"], "routing": outputs["routing"]}
 
 
@@ -71,12 +99,11 @@ class ServingRetrieval(tf.Module):
                      tf.range(1, len(vocabulary) + 1, dtype=tf.int32))
     self.raw_ids = tf.constant(np.concatenate([[""], vocabulary.raw_ids]))
     self.serve = tf.function(
-        self._serve, input_signature=[
-            tf.TensorSpec([None, seq_len], tf.string, name="history")])
+        self._serve, input_signature=_input_signature(tower, seq_len))
 
-  def _serve(self, history):
-    interests = self.tower(compact_ids(self.lookup.lookup(history)),
-                           training=False)["interests"]
+  def _serve(self, history, times=None):
+    interests = _tower_outputs(self.tower, self.lookup, history,
+                               times)["interests"]
     shape = tf.shape(interests)
     scores, ids = self.top_k(tf.reshape(interests, [-1, shape[2]]))
     ids, scores = merge_over_interests(
@@ -121,6 +148,7 @@ def export_model(tower: tf.keras.Model, dataset: ProcessedDataset,
         "interests": num_interests,
         "embedding_dim": int(index.embeddings.shape[1]),
         "num_items": len(vocabulary),
+        "time_input": uses_times(tower),
         "config": {**run_config.to_json(),
                    "raw_file": raw_file and raw_file["name"]},
         "raw_file": raw_file,
@@ -152,9 +180,12 @@ def _tuned_index(tower: tf.keras.Model, dataset: ProcessedDataset,
     if embeddings.shape[1] < 2:  # asymmetric hashing needs 2+ dimensions
       index_config = IndexConfig(kind="brute_force")
   index = ItemIndex.build(embeddings, index_config)
-  queries = [tower(tf.constant(evaluation_examples(split, seq_len)
-                               .histories[:1000]))["interests"].numpy()
-             for split in (dataset.valid, dataset.test)]
+  queries = []
+  for split in (dataset.valid, dataset.test):
+    examples = evaluation_examples(split, seq_len).first(1000)
+    queries.append(tower(tf.constant(examples.histories), times=(
+        None if examples.times is None else tf.constant(examples.times)))[
+            "interests"].numpy())
   index.tune(*[q.reshape(-1, q.shape[-1]) for q in queries])
   return index, int(queries[0].shape[1])
 

@@ -75,7 +75,8 @@ def dataset_of_export(metadata: dict, raw_ids: np.ndarray,
   config = metadata["config"]
   dataset = load_dataset(config["dataset"],
                          raw_file_of_export(metadata, raw_file),
-                         config["threshold"], cache_dir=cache_dir)
+                         config["threshold"], cache_dir=cache_dir,
+                         times=metadata.get("time_input", False))
   if not np.array_equal(dataset.item_vocab, np.asarray(raw_ids).astype(str)):
     raise ValueError("the export was not trained on this dataset's items")
   return dataset
@@ -86,7 +87,8 @@ def evaluate_export(model_dir: str, split: str = "test",
                     cache_dir: Optional[str] = None,
                     version: Optional[int] = None) -> Dict[str, float]:
   """The paper's metrics of an export version (its SavedModel user tower
-  and its item embeddings, exact search) on a split of its dataset.
+  and its item embeddings, exact search) on a split of its dataset (with
+  the histories' times for a version that takes them).
 
   Args:
     model_dir: `saved_models/<name>`.
@@ -120,8 +122,14 @@ def evaluate_export(model_dir: str, split: str = "test",
                                  int(metadata["seq_len"]))
   raw = np.concatenate([[""], raw_ids.astype(str)])
   table = np.concatenate([np.zeros_like(embeddings[:1]), embeddings])
+  def interests(batch, times):
+    if times is None:
+      return serve(history=tf.constant(raw[batch]))["interests"]
+    return serve(history=tf.constant(raw[batch]),
+                 times=tf.constant(times))["interests"]
+
   ranked = evaluation.rank_by_interests(
-      lambda batch: serve(history=tf.constant(raw[batch]))["interests"],
-      table, examples.histories, max(evaluation.CUTOFFS))
+      interests, table, examples.histories, max(evaluation.CUTOFFS),
+      times=examples.times)
   return evaluation.ranking_metrics(ranked, examples.target_offsets,
                                     examples.target_items)

@@ -163,8 +163,7 @@ def train_run(run_config: RunConfig, run_dir: str,
     the dataset is loaded before anything is written.
   """
   _check_config(run_config, run_dir)
-  dataset = load_dataset(run_config.dataset, run_config.raw_file,
-                         run_config.threshold, cache_dir=cache_dir)
+  dataset = _run_dataset(run_config, cache_dir)
   identity = _open_run_folder(run_config, run_dir) if task.is_chief else None
   metrics_path = os.path.join(run_dir, training.METRICS_FILE)
   metrics = training.read_json(metrics_path)
@@ -195,6 +194,14 @@ def train_run(run_config: RunConfig, run_dir: str,
                                   export_dir, run_id=identity)["version"]
     training.crash_point("exported")
   return {**metrics, "export": {"export_dir": export_dir, "version": version}}
+
+
+def _run_dataset(run_config: RunConfig, cache_dir: Optional[str]):
+  """The run's dataset, with the interactions' times for a tower that reads
+  them (`config.TIME_MODELS`)."""
+  return load_dataset(run_config.dataset, run_config.raw_file,
+                      run_config.threshold, cache_dir=cache_dir,
+                      times=run_config.model.model in config.TIME_MODELS)
 
 
 def _exported_version(run_dir: str, export_dir: str) -> Optional[int]:
@@ -244,8 +251,7 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
   run_config = RunConfig.from_json(
       training.read_json(os.path.join(run_dir, training.CONFIG_FILE)))
   metrics = training.read_json(os.path.join(run_dir, training.METRICS_FILE))
-  dataset = load_dataset(run_config.dataset, run_config.raw_file,
-                         run_config.threshold, cache_dir=cache_dir)
+  dataset = _run_dataset(run_config, cache_dir)
   model = training.best_model(dataset, run_config.model, run_config.train,
                               run_dir)
   return run_config, dataset, model, metrics

@@ -7,6 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 PADDING = ""  # the raw id that pads a history
+# The time of a history item whose time is not known (real times are >= 0):
+# the towers that read time intervals leave it out of them.
+NO_TIME = -1
 
 
 class ItemVocabulary:
@@ -54,10 +57,9 @@ class ItemVocabulary:
         default_value=0)
 
 
-def compact_ids(ids: tf.Tensor) -> tf.Tensor:
-  """int [B, L] item ids -> the same ids with the known ones first, in
-  their order, and the 0s (padding, unknown ids) after them: histories as
-  the towers were trained on, wherever a client put the unknown ids."""
-  order = tf.argsort(tf.cast(tf.equal(ids, 0), tf.int32), axis=1,
-                     stable=True)
-  return tf.gather(ids, order, batch_dims=1)
+def compact_order(ids: tf.Tensor) -> tf.Tensor:
+  """int32 [B, L]: for item ids int [B, L], the order that puts the known
+  ones first, in their order, and the 0s (padding, unknown ids) after them:
+  gathered by it, the ids (and their times) are histories as the towers were
+  trained on, wherever a client put the unknown ids."""
+  return tf.argsort(tf.cast(tf.equal(ids, 0), tf.int32), axis=1, stable=True)

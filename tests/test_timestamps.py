@@ -1,18 +1,24 @@
-"""Interaction times through the data pipeline: the protocol keeps each
+"""Interaction times through the pipeline: the protocol keeps each
 interaction's time with its item, the cache stores them and reads them only
-when asked (a cache of the format before times is never read), and the
-training batches and evaluation examples carry each history item's time at
-its position, 0 at padding."""
+when asked (a cache of the format before times is never read), the training
+batches and evaluation examples carry each history item's time at its
+position (0 at padding), and an export made before times serves as it did,
+ignoring the times of a request. (PIMIRec, which reads the times, and its
+exports: tests/test_pimirec.py.)"""
 
 import collections
 import dataclasses
+import json
 import os
+import shutil
 
+from fastapi import testclient
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from conftest import BOOKS_SLICE
-from remi_tf import config
+from remi_tf import config, layout, serving
 from remi_tf.data import UserSequences, cache, load_dataset, preprocess
 from remi_tf.data.inputs import evaluation_examples, training_dataset
 from remi_tf.data.parsing import interaction_log
@@ -89,10 +95,10 @@ def test_the_cache_gives_the_times_of_the_raw_file_only_when_asked(tmp_path):
 
 def test_a_cache_of_the_format_before_times_is_not_read(tmp_path,
                                                         monkeypatch):
+  threshold = config.DATASET_DEFAULTS["csv"].threshold
   with monkeypatch.context() as patch:
     patch.setattr(cache, "FORMAT_VERSION", 3)
-    old_key = cache.cache_key(BOOKS_SLICE, dataset="csv",
-                              threshold=config.DATASET_DEFAULTS["csv"].threshold,
+    old_key = cache.cache_key(BOOKS_SLICE, dataset="csv", threshold=threshold,
                               seed=config.SPLIT_SEED)
   os.makedirs(tmp_path / "preprocessed")
   (tmp_path / "preprocessed" / f"csv-{old_key}.npz").write_bytes(
@@ -137,3 +143,42 @@ def test_evaluation_examples_carry_each_history_item_time():
   np.testing.assert_array_equal(first.times, examples.times[:2])
   assert evaluation_examples(dataclasses.replace(split, times=None),
                              seq_len=8).times is None
+
+
+def test_an_export_from_before_times_serves_as_before(tiny_run, tmp_path):
+  """A version without "time_input" in its metadata (exported before times;
+  the tiny run's ComiRec-SA takes no times either): its tower takes the
+  history only, and the service answers a request with times as without.
+  The schema states the times' bounds."""
+  old = tmp_path / "export"
+  shutil.copytree(tiny_run[1], old)
+  path = layout.metadata_path(str(old), 1)
+  with open(path) as stored:
+    metadata = json.load(stored)
+  assert metadata.pop("time_input") is False
+  with open(path, "w") as out:
+    json.dump(metadata, out)
+  serve = tf.saved_model.load(layout.piece_dir(
+      str(old), layout.USER_TOWER, 1)).signatures["serving_default"]
+  assert set(serve.structured_input_signature[1]) == {"history"}
+  model = serving.ServedModel(str(old), lambda version: serving.Recommender(
+      serving.load_artifacts(str(old), None, version)))
+  assert model.current.artifacts.time_input is False
+  history = model.current.artifacts.vocabulary.raw_ids[:5].tolist()
+  with testclient.TestClient(serving.create_app(
+      model, poll_seconds=None)) as client:
+    answers = [client.post("/v1/recommend", json=body) for body in (
+        {"history": history, "k": 10},
+        {"history": history, "k": 10, "times": [1, 2, 3, 4, 5]})]
+    batch = client.post("/v1/recommend:batch", json={"requests": [
+        {"history": history, "k": 10, "times": [9]}]})
+    negative = client.post("/v1/recommend", json={"history": history,
+                                                  "times": [-1]})
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+  times = schema["RecommendRequest"]["properties"]["times"]["anyOf"][0]
+  assert times["items"]["minimum"] == 0
+  assert times["items"]["maximum"] == 2**53 - 1
+  assert negative.status_code == 422
+  assert [answer.status_code for answer in answers] == [200, 200]
+  assert answers[0].json() == answers[1].json()
+  assert batch.json()["results"] == [answers[0].json()]

@@ -15,7 +15,7 @@ from remi_tf.models.self_attentive import masked_softmax
 
 NUM_ITEMS, SEQ_LEN, DIM = 50, 8, 16
 MODELS = [m for m in config.MODELS if m != "pop"]
-MULTI = ("comirec-sa", "comirec-dr", "mind")
+MULTI = config.REMI_MODELS  # the multi-interest towers
 
 
 def _tower(model, interests=3):

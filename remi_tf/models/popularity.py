@@ -30,8 +30,9 @@ class PopularityTower(tf.keras.Model):
         embeddings_initializer=tf.keras.initializers.Constant(scores))
     self.item_embedding.build(None)
 
-  def call(self, history: tf.Tensor, training=False):
-    """history int [B, n] -> interests float [B, 1, 1], routing [B, 1, n]."""
+  def call(self, history: tf.Tensor, times=None, training=False):
+    """history int [B, n] -> interests float [B, 1, 1], routing [B, 1, n]
+    (the times are not read)."""
     mask = tf.cast(history > 0, tf.float32)
     weights = mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
     return {"interests": tf.ones([tf.shape(history)[0], 1, 1]),

@@ -32,7 +32,8 @@ class RetrievalModel(tfrs.Model):
   accidental hits removed by the task.
 
   Args:
-    tower: a user tower (`call(history)`, `item_embedding`, `item_table()`).
+    tower: a user tower (`call(history, times)`, `item_embedding`,
+      `item_table()`).
     sampler: a `sampling.CandidateSampler` or `sampling.FullCatalog`.
     beta: IHN sharpness (0: plain sampled softmax).
     rr_lambda: weight of routing regularization (0: none).
@@ -52,18 +53,22 @@ class RetrievalModel(tfrs.Model):
                      "routing_entropy")
     }
 
-  def call(self, history: tf.Tensor, training=False):
-    """history int [B, n] -> {"interests": [B, K, d], "routing": [B, K, n]}."""
-    return self.tower(history, training=training)
+  def call(self, history: tf.Tensor, times=None, training=False):
+    """history int [B, n], times int64 [B, n] or None ->
+    {"interests": [B, K, d], "routing": [B, K, n]}."""
+    return self.tower(history, times=times, training=training)
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     """Mean sampled-softmax (IHN) loss + rr_lambda * routing regularizer.
 
     Args:
-      features: {"history": int [B, n], "target": int [B]}.
+      features: {"history": int [B, n], "target": int [B]}, and "times":
+        int64 [B, n] when the input holds times (for the towers that read
+        them).
       training: Keras training flag.
     """
-    outputs = self.tower(features["history"], training=training)
+    outputs = self.tower(features["history"], times=features.get("times"),
+                         training=training)
     interests, routing = outputs["interests"], outputs["routing"]
     target = tf.cast(features["target"], tf.int32)
     positives = self.tower.item_embedding(target)

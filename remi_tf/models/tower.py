@@ -7,17 +7,19 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf import config
-from remi_tf.models import capsule, popularity, self_attentive
+from remi_tf.models import capsule, pimirec, popularity, self_attentive
 from remi_tf.models import single_interest
+from remi_tf.vocabulary import NO_TIME
 
 
 class UserTower(tf.keras.Model):
-  """History of item ids -> interests and routing.
+  """History of item ids (and their times) -> interests and routing.
 
   Args:
     num_items: N; the embedding table has N + 1 rows, row 0 padding.
     encoder: a layer (history embeddings [B, n, d], mask [B, n]) ->
-      (interests [B, K, d], routing [B, K, n]).
+      (interests [B, K, d], routing [B, K, n]); an encoder whose
+      `uses_times` is True also takes the history's times, int64 [B, n].
     embedding_dim: d.
     embedding_init: "glorot" (Glorot-normal over N + d, the original
       ComiRec code) or "he" (N(0, 2/d), the REMI reference code).
@@ -39,8 +41,15 @@ class UserTower(tf.keras.Model):
         embeddings_initializer=initializers[embedding_init])
     self.encoder = encoder
 
-  def call(self, history: tf.Tensor, training=False):
-    """history int [B, n], 0 = padding.
+  @property
+  def uses_times(self) -> bool:
+    """Whether the encoder reads the history's times."""
+    return getattr(self.encoder, "uses_times", False)
+
+  def call(self, history: tf.Tensor, times=None, training=False):
+    """history int [B, n], 0 = padding; times int [B, n], each item's time
+    in seconds (negative: not known), or None (no time information). Only
+    an encoder that `uses_times` reads the times.
 
     Returns:
       {"interests": float [B, K, d], "routing": float [B, K, n]}; padding
@@ -48,7 +57,13 @@ class UserTower(tf.keras.Model):
     """
     mask = tf.cast(history > 0, tf.float32)
     embedded = self.item_embedding(history) * mask[..., None]
-    interests, routing = self.encoder(embedded, mask)
+    if not self.uses_times:
+      interests, routing = self.encoder(embedded, mask)
+    else:
+      if times is None:
+        times = tf.fill(tf.shape(history), tf.constant(NO_TIME, tf.int64))
+      interests, routing = self.encoder(embedded, mask,
+                                        tf.cast(times, tf.int64))
     return {"interests": interests, "routing": routing}
 
   def item_table(self) -> tf.Tensor:
@@ -83,6 +98,7 @@ def build_user_tower(model_config: config.ModelConfig, num_items: int,
         "youtube-dnn": lambda: single_interest.MeanPoolingMLP(
             name="youtube_dnn"),
         "gru4rec": lambda: single_interest.GRUEncoder(name="gru4rec"),
+        "pimirec": lambda: pimirec.PIMIRec(k, n, name="pimirec"),
     }
     if name not in encoders:
       raise ValueError(f"unknown model {name!r}; choose one of "

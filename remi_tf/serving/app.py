@@ -116,6 +116,11 @@ def _integral_float_as_int(value):
 # true.
 JsonInteger = Annotated[pydantic.StrictInt,
                         pydantic.BeforeValidator(_integral_float_as_int)]
+# A history item's time (unix seconds): such an integer in 0..2^53 - 1,
+# JSON's interoperable integers (the bounds before the validator, so that
+# the schema states them).
+JsonTime = Annotated[pydantic.StrictInt, pydantic.Field(ge=0, le=2**53 - 1),
+                     pydantic.BeforeValidator(_integral_float_as_int)]
 
 
 def request_models(max_k: int) -> Tuple[Type[pydantic.BaseModel],
@@ -140,6 +145,11 @@ def request_models(max_k: int) -> Tuple[Type[pydantic.BaseModel],
         description="the most items to answer")
     exclude_history: pydantic.StrictBool = pydantic.Field(
         True, description="leave the history's items out of the answer")
+    times: Optional[List[JsonTime]] = pydantic.Field(
+        None, description="the history items' times in unix seconds, "
+        "times[i] of history[i]; items past its end (all of them without "
+        "it) have no time information. Read by the models that use times "
+        "(pimirec), ignored by the others")
 
   class BatchRequest(pydantic.BaseModel):
     """Many users' requests, answered in one pass through the models."""
@@ -153,7 +163,7 @@ def request_models(max_k: int) -> Tuple[Type[pydantic.BaseModel],
 
 def _query(request) -> Query:
   return Query([str(i) for i in request.history], request.k,
-               request.exclude_history)
+               request.exclude_history, request.times)
 
 
 def _answer(recommendation: Recommendation, version: int) -> dict:

@@ -20,7 +20,11 @@ RECALL_TOLERANCE = 0.005
 
 @dataclasses.dataclass
 class ServingArtifacts:
-  """Everything the service needs, of one export version, loaded once."""
+  """Everything the service needs, of one export version, loaded once.
+
+  `time_input`: whether the version's user tower takes the history's times
+  (metadata "time_input"; versions exported before times have none).
+  """
 
   version: int
   metadata: dict
@@ -28,6 +32,7 @@ class ServingArtifacts:
   vocabulary: ItemVocabulary
   index: ItemIndex
   user_tower: UserTowerBackend
+  time_input: bool = False
 
 
 def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
@@ -91,4 +96,5 @@ def load_artifacts(model_dir: str, tf_serving_url: Optional[str] = None,
   return ServingArtifacts(version=version, metadata=metadata,
                           seq_len=seq_len,
                           vocabulary=ItemVocabulary(raw_ids), index=index,
-                          user_tower=backend)
+                          user_tower=backend,
+                          time_input=bool(metadata.get("time_input", False)))

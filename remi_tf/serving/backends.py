@@ -3,7 +3,7 @@ or TF Serving's REST predict API, or its gRPC `PredictionService`."""
 
 import abc
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,7 +18,8 @@ class UserTowerError(RuntimeError):
 
 
 class UserTowerBackend(abc.ABC):
-  """Raw-id histories (already padded to seq_len) -> interests.
+  """Raw-id histories (already padded to seq_len), and their times for a
+  tower that takes them, -> interests.
 
   `remote` backends wait on the network: the service calls them off its
   event loop, so that a slow or hung server delays only their requests.
@@ -27,8 +28,12 @@ class UserTowerBackend(abc.ABC):
   remote = False
 
   @abc.abstractmethod
-  def interests(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-    """float32 [B, K, d] for histories str [B, seq_len]."""
+  def interests(self, histories: Sequence[Sequence[str]],
+                times: Optional[Sequence[Sequence[int]]] = None
+                ) -> np.ndarray:
+    """float32 [B, K, d] for histories str [B, seq_len] and, for a tower
+    that takes them (never sent to one that does not), their times int64
+    [B, seq_len]."""
 
 
 class InProcessUserTower(UserTowerBackend):
@@ -40,10 +45,11 @@ class InProcessUserTower(UserTowerBackend):
     self._model = tf.saved_model.load(saved_model_dir)
     self._serve = self._model.signatures["serving_default"]
 
-  def interests(self, histories):
-    outputs = self._serve(history=self._tf.constant(histories,
-                                                    self._tf.string))
-    return outputs["interests"].numpy()
+  def interests(self, histories, times=None):
+    inputs = {"history": self._tf.constant(histories, self._tf.string)}
+    if times is not None:
+      inputs["times"] = self._tf.constant(times, self._tf.int64)
+    return self._serve(**inputs)["interests"].numpy()
 
 
 class TFServingUserTower(UserTowerBackend):
@@ -65,9 +71,11 @@ class TFServingUserTower(UserTowerBackend):
     self._client = httpx.Client(timeout=timeout)
     self._errors = (httpx.HTTPError,)
 
-  def interests(self, histories: List[List[str]]):
-    payload = {"signature_name": "serving_default",
-               "inputs": {"history": [list(h) for h in histories]}}
+  def interests(self, histories: List[List[str]], times=None):
+    inputs = {"history": [list(h) for h in histories]}
+    if times is not None:
+      inputs["times"] = [list(t) for t in times]
+    payload = {"signature_name": "serving_default", "inputs": inputs}
     try:
       response = self._client.post(self.url, json=payload)
       response.raise_for_status()
@@ -115,6 +123,7 @@ class TFServingGrpcUserTower(UserTowerBackend):
     self._timeout = timeout
     self._rpc_error = grpc.RpcError
     self._float, self._string = types_pb2.DT_FLOAT, types_pb2.DT_STRING
+    self._int64 = types_pb2.DT_INT64
     self._dtype_name = types_pb2.DataType.Name
     self._new_request = predict_pb2.PredictRequest
     # gRPC backs off up to 120 s between reconnection attempts, and calls
@@ -126,18 +135,20 @@ class TFServingGrpcUserTower(UserTowerBackend):
     self._predict = prediction_service_pb2_grpc.PredictionServiceStub(
         self._channel).Predict
 
-  def interests(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+  def interests(self, histories: Sequence[Sequence[str]],
+                times: Optional[Sequence[Sequence[int]]] = None
+                ) -> np.ndarray:
     request = self._new_request()
     request.model_spec.name = self.model_name
     request.model_spec.version.value = self.version
     request.model_spec.signature_name = "serving_default"
     request.output_filter.append("interests")
-    history = request.inputs["history"]
-    history.dtype = self._string
-    history.tensor_shape.dim.add().size = len(histories)
-    history.tensor_shape.dim.add().size = len(histories[0])
+    history = _matrix_input(request, "history", self._string, histories)
     history.string_val.extend([raw_id.encode() for row in histories
                                for raw_id in row])
+    if times is not None:
+      _matrix_input(request, "times", self._int64, times).int64_val.extend(
+          [int(time) for row in times for time in row])
     try:
       response = self._predict(request, timeout=self._timeout)
     except self._rpc_error as error:
@@ -165,6 +176,16 @@ class TFServingGrpcUserTower(UserTowerBackend):
                            f"{self._dtype_name(tensor.dtype)} and shape "
                            f"{shape}, not DT_FLOAT [{rows}, K, d]")
     return _float_values(tensor, shape, self._name)
+
+
+def _matrix_input(request, name: str, dtype, rows: Sequence[Sequence]):
+  """The request's input `name`, typed `dtype` and shaped [len(rows),
+  len(rows[0])], its values left to the caller."""
+  tensor = request.inputs[name]
+  tensor.dtype = dtype
+  tensor.tensor_shape.dim.add().size = len(rows)
+  tensor.tensor_shape.dim.add().size = len(rows[0])
+  return tensor
 
 
 def _float_values(tensor, shape: Tuple[int, ...], name: str) -> np.ndarray:

@@ -3,11 +3,12 @@ per interest, merged by max score."""
 
 import dataclasses
 import itertools
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from remi_tf.serving.artifacts import ServingArtifacts
+from remi_tf.vocabulary import NO_TIME
 
 # At most this many history items are excluded from an answer: the most
 # recent distinct known ones. Each excluded id widens every interest's
@@ -21,12 +22,14 @@ class RequestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Query:
-  """One user's request: raw-id history (oldest first), list length, and
-  whether to leave the history's items out."""
+  """One user's request: raw-id history (oldest first), list length,
+  whether to leave the history's items out, and the history's times
+  (seconds, `times[i]` of `history[i]`; None: no time information)."""
 
   history: Sequence[str]
   k: int = 50
   exclude_history: bool = True
+  times: Optional[Sequence[int]] = None
 
 
 @dataclasses.dataclass
@@ -53,15 +56,23 @@ class Recommender:
     self.max_k = max_k
 
   def recommend(self, histories: Sequence[Sequence[str]], k: int,
-                exclude_history: bool = True) -> List[Recommendation]:
+                exclude_history: bool = True,
+                times: Optional[Sequence[Optional[Sequence[int]]]] = None
+                ) -> List[Recommendation]:
     """Top-k raw ids for each history (raw ids, oldest first).
 
-    Unknown ids are dropped first; the tower sees the last seq_len known
-    ones. With `exclude_history`, the last `MAX_EXCLUDE` distinct known ids
-    of the history are left out of the answer. An answer is shorter than k
-    when the index holds fewer items (after the exclusions), and empty for
-    a history with no id the model knows (all of them counted in
-    `unknown_ids`).
+    Unknown ids are dropped first (with their times); the tower sees the
+    last seq_len known ones. With `exclude_history`, the last `MAX_EXCLUDE`
+    distinct known ids of the history are left out of the answer. An
+    answer is shorter than k when the index holds fewer items (after the
+    exclusions), and empty for a history with no id the model knows (all
+    of them counted in `unknown_ids`).
+
+    `times[u]` holds the times of history u's items in seconds (`times[u][i]`
+    of `histories[u][i]`), or None: no time information. A list shorter
+    than its history leaves the later items without a time; times past the
+    history's end are ignored. Only a version whose tower takes times
+    (`ServingArtifacts.time_input`) reads them.
 
     Raises:
       RequestError: k out of 1..max_k, or an empty history.
@@ -69,17 +80,21 @@ class Recommender:
     if not 1 <= k <= self.max_k:
       raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
     vocabulary = self.artifacts.vocabulary
-    known = []
+    known, known_times = [], []
     for position, history in enumerate(histories):
       if not history:
         raise RequestError(f"history {position} is empty")
-      known.append([i for i in vocabulary.to_ids(history) if i])
+      ids = vocabulary.to_ids(history)
+      known.append([i for i in ids if i])
+      item_times = _item_times(times[position] if times else None, len(ids))
+      known_times.append([t for i, t in zip(ids, item_times) if i])
     answers = [Recommendation([], [], len(history)) for history in histories]
     rows = [row for row, ids in enumerate(known) if ids]
     if not rows:
       return answers
-    ids, scores = self._top_n([known[row] for row in rows],
-                              min(k, len(vocabulary)), exclude_history)
+    ids, scores = self._top_n(
+        [known[row] for row in rows], min(k, len(vocabulary)),
+        exclude_history, [known_times[row] for row in rows])
     for row, row_ids, row_scores in zip(rows, ids, scores):
       found = row_ids > 0
       answers[row] = Recommendation(
@@ -88,13 +103,17 @@ class Recommender:
           unknown_ids=len(histories[row]) - len(known[row]))
     return answers
 
-  def _top_n(self, known: List[List[int]], n: int, exclude_history: bool
-             ) -> Tuple[np.ndarray, np.ndarray]:
+  def _top_n(self, known: List[List[int]], n: int, exclude_history: bool,
+             known_times: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
     """(item ids int32 [B, n], scores float32 [B, n]) for B histories of
-    known item ids (each non-empty), as `ItemIndex.top_n`."""
-    vocabulary = self.artifacts.vocabulary
-    interests = self.artifacts.user_tower.interests(
-        [vocabulary.tower_input(ids, self.artifacts.seq_len) for ids in known])
+    known item ids (each non-empty) and their times, as `ItemIndex.top_n`."""
+    vocabulary, seq_len = self.artifacts.vocabulary, self.artifacts.seq_len
+    histories = [vocabulary.tower_input(ids, seq_len) for ids in known]
+    if self.artifacts.time_input:
+      interests = self.artifacts.user_tower.interests(
+          histories, [_tower_times(row, seq_len) for row in known_times])
+    else:
+      interests = self.artifacts.user_tower.interests(histories)
     exclude = None
     if exclude_history:
       recent = [_last_distinct(ids, MAX_EXCLUDE) for ids in known]
@@ -118,9 +137,24 @@ class Recommender:
     answers = [None] * len(queries)
     for (k, exclude_history), positions in groups.items():
       for position, answer in zip(positions, self.recommend(
-          [queries[p].history for p in positions], k, exclude_history)):
+          [queries[p].history for p in positions], k, exclude_history,
+          [queries[p].times for p in positions])):
         answers[position] = answer
     return answers
+
+
+def _item_times(times: Optional[Sequence[int]], length: int) -> List[int]:
+  """The times of a history's `length` items: `times` cut to that length,
+  the items past its end (all of them for None) at `NO_TIME`."""
+  given = list(times or [])[:length]
+  return given + [NO_TIME] * (length - len(given))
+
+
+def _tower_times(times: List[int], seq_len: int) -> List[int]:
+  """The times of `ItemVocabulary.tower_input`'s items: those of the last
+  `seq_len` known ids, 0 at padding."""
+  kept = times[-seq_len:] if seq_len else []
+  return kept + [0] * (seq_len - len(kept))
 
 
 def _last_distinct(ids: List[int], limit: int) -> List[int]:

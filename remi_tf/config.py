@@ -29,8 +29,8 @@ DATASET_DEFAULTS = {
     "csv": DatasetDefaults(seq_len=20, threshold=5, beta=1.0),
 }
 
-MODELS = ("comirec-sa", "comirec-dr", "mind", "youtube-dnn", "gru4rec", "pop",
-          "pimirec")
+MODELS = ("comirec-sa", "comirec-dr", "mind", "umi", "youtube-dnn", "gru4rec",
+          "pop", "re4", "pimirec")
 SAMPLERS = ("uniform", "log-uniform", "full")
 # "lazy-adam" updates only the item rows a batch touched (remi_tf.optimizers);
 # "adam" is Keras's dense Adam.
@@ -57,7 +57,7 @@ MIN_TARGET_POSITION = 4
 # as REMI by default (`--beta 0 --rr-lambda 0`: the tower as published). The
 # single-interest baselines and Pop have no interests to route between: they
 # default to the plain sampled softmax (beta 0, lambda 0), as published.
-REMI_MODELS = ("comirec-sa", "comirec-dr", "mind", "pimirec")
+REMI_MODELS = ("comirec-sa", "comirec-dr", "mind", "umi", "re4", "pimirec")
 REMI_RR_LAMBDA = 100.0
 # The towers that read the interactions' times (time intervals): their runs
 # load the dataset with its times, and their exports take them as an input.

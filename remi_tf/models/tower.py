@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf import config
-from remi_tf.models import capsule, pimirec, popularity, self_attentive
-from remi_tf.models import single_interest
+from remi_tf.models import capsule, pimirec, popularity, re4, self_attentive
+from remi_tf.models import single_interest, umi
 from remi_tf.vocabulary import NO_TIME
 
 
@@ -95,9 +95,11 @@ def build_user_tower(model_config: config.ModelConfig, num_items: int,
         "comirec-sa": lambda: self_attentive.ComiRecSA(k, n, name="comirec_sa"),
         "comirec-dr": lambda: capsule.comirec_dr(k, n),
         "mind": lambda: capsule.mind(k, n),
+        "umi": lambda: umi.UMI(k, n, name="umi"),
         "youtube-dnn": lambda: single_interest.MeanPoolingMLP(
             name="youtube_dnn"),
         "gru4rec": lambda: single_interest.GRUEncoder(name="gru4rec"),
+        "re4": lambda: re4.Re4(k, n, name="re4"),
         "pimirec": lambda: pimirec.PIMIRec(k, n, name="pimirec"),
     }
     if name not in encoders:

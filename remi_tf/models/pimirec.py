@@ -30,6 +30,8 @@ PIMI without its periodicity module. Interval 0 (the same day) embeds to
 the zero vector, as row 0 of the authors' zero-padded embedding table.
 """
 
+from typing import List
+
 import tensorflow as tf
 
 from remi_tf.models.self_attentive import SelfAttentiveRouting, masked_softmax
@@ -94,9 +96,16 @@ class Periodicity(tf.keras.layers.Layer):
     intervals = self.intervals(times)
     weights = masked_softmax(
         tf.gather(tf.linalg.matvec(table, self.score), intervals),
-        known[:, :, None] * known[:, None, :])
-    return tf.einsum("bij,bijd->bid", weights,
-                     tf.gather(table, intervals))
+        known[:, :, None] * known[:, None, :])  # [B, n, n]
+    # sum_j a_ij T_ij = sum_s (sum of a_ij over the j at interval s) T_s:
+    # no [B, n, n, d] tensor of embeddings, forward or backward.
+    positions = tf.size(times, out_type=tf.int64)
+    rows = tf.reshape(tf.range(positions), tf.shape(times))
+    per_interval = tf.math.unsorted_segment_sum(
+        weights, rows[:, :, None] * (self.time_span + 1) + intervals,
+        positions * (self.time_span + 1))
+    return _matmul_last(tf.reshape(per_interval, tf.concat(
+        [tf.shape(times), [self.time_span + 1]], 0)), table)
 
 
 def _glorot(fan_in: int, fan_out: int):
@@ -122,13 +131,13 @@ def _matmul_last(nodes: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 def _neighbourhood(of_items: tf.Tensor, of_centre: tf.Tensor,
                    of_inputs: tf.Tensor) -> tf.Tensor:
   """[B, n, 5, ...]: per item, the rows (of_items [B, n, ...]) of the
-  previous item, itself and the next item (zero past the ends), the
-  centre's row (of_centre [B, ...]) and its input's (of_inputs [B, n,
-  ...])."""
-  padding = [[0, 0]] * (len(of_items.shape) - 2)
+  previous item, itself and the next item (rolled: the first item's
+  previous and the last position's next are other rows, for the mask to
+  leave out), the centre's row (of_centre [B, ...]) and its input's
+  (of_inputs [B, n, ...]). Rolls and not slices: the gradient of a slice
+  (StridedSliceGrad) was most of the module's time on CPU."""
   return tf.stack(
-      [tf.pad(of_items[:, :-1], [[0, 0], [1, 0]] + padding), of_items,
-       tf.pad(of_items[:, 1:], [[0, 0], [0, 1]] + padding),
+      [tf.roll(of_items, 1, axis=1), of_items, tf.roll(of_items, -1, axis=1),
        tf.broadcast_to(of_centre[:, None], tf.shape(of_items)), of_inputs],
       axis=2)
 
@@ -185,14 +194,16 @@ class StarInteraction(tf.keras.layers.Layer):
 
   @tf.autograph.experimental.do_not_convert
   def _project(self, weights: dict, block: int, nodes: tf.Tensor,
-               first: int, count: int) -> tf.Tensor:
+               first: int, count: int) -> List[tf.Tensor]:
     """nodes float [..., d] -> `count` of their projections (0 query, 1 key,
-    2 value) from `first`, float [..., count, h, d / h]."""
+    2 value) from `first`, each float [..., h, d / h]."""
     columns = slice(first * self.width, (first + count) * self.width)
     projected = (_matmul_last(nodes, weights["kernel"][block, :, columns]) +
                  weights["bias"][block, columns])
-    return tf.reshape(projected, tf.concat(
-        [tf.shape(nodes)[:-1], [count, self.num_heads, self.head_dim]], 0))
+    shape = tf.concat([tf.shape(nodes)[:-1],
+                       [self.num_heads, self.head_dim]], 0)
+    return [tf.reshape(part, shape)
+            for part in tf.split(projected, count, axis=-1)]
 
   @tf.autograph.experimental.do_not_convert
   def _attend(self, weights: dict, block: int, query: tf.Tensor,
@@ -225,27 +236,29 @@ class StarInteraction(tf.keras.layers.Layer):
     length = tf.reduce_sum(mask, axis=1, keepdims=True)
     centre = tf.reduce_sum(nodes, axis=1) / tf.maximum(length, 1.0)  # [B, d]
     ones = tf.ones_like(mask)
-    satellite_mask = _neighbourhood(mask, ones[:, 0], ones)  # [B, n, 5]
+    # Previous item, itself, next item, centre, own input (`_neighbourhood`).
+    satellite_mask = tf.stack(
+        [tf.pad(mask[:, :-1], [[0, 0], [1, 0]]), ones,
+         tf.pad(mask[:, 1:], [[0, 0], [0, 1]]), ones, ones], axis=2)
     centre_mask = tf.concat([ones[:, :1], mask], axis=1)  # [B, n + 1]
     hidden = nodes
     for block in range(self.num_blocks):
       satellites = self.satellite_weights
-      own = self._project(satellites, block, hidden, 0, 3)
-      of_centre = self._project(satellites, block, centre, 1, 2)
-      of_items = self._project(satellites, block, items, 1, 2)
-      updated = self._attend(
-          satellites, block, own[:, :, 0],
-          _neighbourhood(own[:, :, 1], of_centre[:, 0], of_items[:, :, 0]),
-          _neighbourhood(own[:, :, 2], of_centre[:, 1], of_items[:, :, 1]),
-          satellite_mask)
+      query, key, value = self._project(satellites, block, hidden, 0, 3)
+      centre_key, centre_value = self._project(satellites, block, centre, 1, 2)
+      item_key, item_value = self._project(satellites, block, items, 1, 2)
+      updated = self._attend(satellites, block, query,
+                             _neighbourhood(key, centre_key, item_key),
+                             _neighbourhood(value, centre_value, item_value),
+                             satellite_mask)
       hidden = tf.nn.relu(updated) * mask[..., None]
       if block < self.num_blocks - 1:
         star = self.centre_weights
-        query = self._project(star, block, centre, 0, 1)[:, 0]
-        context = self._project(
+        (query,) = self._project(star, block, centre, 0, 1)
+        keys, values = self._project(
             star, block, tf.concat([centre[:, None], hidden], axis=1), 1, 2)
-        centre = tf.nn.relu(self._attend(star, block, query, context[:, :, 0],
-                                         context[:, :, 1], centre_mask))
+        centre = tf.nn.relu(self._attend(star, block, query, keys, values,
+                                         centre_mask))
     return hidden
 
 

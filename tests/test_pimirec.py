@@ -194,9 +194,10 @@ def test_pimirec_trains_and_exports_a_tower_that_takes_times(run, trained):
   # Measured 0.26 (validation 0.26) against 0.09 for a random ranking.
   assert metrics["test"]["recall@50"] > 2 * random_recall
   assert layout.read_metadata(str(export_dir), 1)["time_input"] is True
-  serve = tf.saved_model.load(layout.piece_dir(
-      str(export_dir), layout.USER_TOWER, 1)).signatures["serving_default"]
-  assert set(serve.structured_input_signature[1]) == {"history", "times"}
+  for piece in (layout.USER_TOWER, layout.RETRIEVAL):
+    serve = tf.saved_model.load(layout.piece_dir(
+        str(export_dir), piece, 1)).signatures["serving_default"]
+    assert set(serve.structured_input_signature[1]) == {"history", "times"}
 
 
 def test_the_export_drops_unknown_ids_with_their_times(run, trained, user):

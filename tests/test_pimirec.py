@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_RUN_FLAGS, run_pipeline
+from conftest import BOOKS_SLICE, TINY_RUN_FLAGS, run_pipeline
 from remi_tf import config, layout, runs, serving
 from remi_tf.data.inputs import evaluation_examples
+from remi_tf.export_evaluation import evaluate_export
 from remi_tf.models import RetrievalModel, build_user_tower, make_sampler
 from remi_tf.models.pimirec import INTERVAL_SECONDS, TIME_SPAN
 from remi_tf.retrieval import exact_top_n
@@ -188,7 +189,7 @@ def _exact_answer(trained, ids, times, k):
 
 
 def test_pimirec_trains_and_exports_a_tower_that_takes_times(run, trained):
-  _, export_dir, _ = run
+  _, export_dir, cache = run
   dataset, _, metrics = trained
   random_recall = 50 / dataset.num_items
   # Measured 0.26 (validation 0.26) against 0.09 for a random ranking.
@@ -198,6 +199,11 @@ def test_pimirec_trains_and_exports_a_tower_that_takes_times(run, trained):
     serve = tf.saved_model.load(layout.piece_dir(
         str(export_dir), piece, 1)).signatures["serving_default"]
     assert set(serve.structured_input_signature[1]) == {"history", "times"}
+  # The export, given the test users' times, ranks as the trained tower.
+  exported = evaluate_export(str(export_dir), raw_file=BOOKS_SLICE,
+                             cache_dir=str(cache))
+  for name, value in metrics["test"].items():
+    assert exported[name] == pytest.approx(value, abs=1e-9)
 
 
 def test_the_export_drops_unknown_ids_with_their_times(run, trained, user):

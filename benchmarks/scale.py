@@ -398,7 +398,7 @@ def serve_burst(export_dir: str, cache_dir: str, raw_file: str,
   args = argparse.Namespace(
       model_dir=export_dir, cache_dir=cache_dir, raw_file=raw_file,
       random_histories=False, requests=requests, warmup_requests=50,
-      load_requests=0, k=50, timeout=30.0, seed=0)
+      load_requests=0, k=50, timeout=30.0, seed=0, client="stdlib")
   metadata = _common.export_metadata(export_dir)
   histories, source, fallback = serving.request_histories(args, metadata)
   with serving.Server(export_dir, serving.free_port()) as server:
@@ -410,7 +410,7 @@ def serve_burst(export_dir: str, cache_dir: str, raw_file: str,
     peak = server.memory_mb("VmHWM")
   return {**result, "startup_seconds": ready_seconds,
           "history_source": source, "random_fallback_reason": fallback,
-          "server_peak_rss_mb": peak}
+          "client": args.client, "server_peak_rss_mb": peak}
 
 
 def main(argv=None) -> int:

@@ -68,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "batch (default 1280)")
   parser.add_argument("--sampler", choices=config.SAMPLERS,
                       help="negative sampler (default uniform)")
+  parser.add_argument("--candidate-scoring", choices=config.CANDIDATE_SCORINGS,
+                      help="positive-interest (default): every candidate "
+                      "scored by the\ninterest closest to the positive; "
+                      "max-interest: each by its own\nclosest interest "
+                      "(UMI's harder negatives)")
   parser.add_argument("--batch-size", type=int, help="default 128")
   parser.add_argument("--learning-rate", type=float, help="Adam, default 1e-3")
   parser.add_argument("--optimizer", choices=config.OPTIMIZERS,

@@ -32,6 +32,10 @@ DATASET_DEFAULTS = {
 MODELS = ("comirec-sa", "comirec-dr", "mind", "umi", "youtube-dnn", "gru4rec",
           "pop", "re4", "pimirec")
 SAMPLERS = ("uniform", "log-uniform", "full")
+# How the sampled softmax scores candidates (RetrievalModel): by the interest
+# closest to the positive, or each by its own closest interest (UMI's
+# "harder negatives").
+CANDIDATE_SCORINGS = ("positive-interest", "max-interest")
 # "lazy-adam" updates only the item rows a batch touched (remi_tf.optimizers);
 # "adam" is Keras's dense Adam.
 OPTIMIZERS = ("lazy-adam", "adam")
@@ -110,6 +114,7 @@ class ModelConfig:
   rr_lambda: float = REMI_RR_LAMBDA
   negatives: int = 1280
   sampler: str = "uniform"
+  candidate_scoring: str = "positive-interest"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,8 @@ def methods(dataset: str) -> List[Method]:
       Method("Re4", {"model": "re4", **plain}),
       Method("REMI (Re4)", {"model": "re4", **remi}),
       Method("UMI", {"model": "umi", **plain}),
+      Method("UMI_HN", {"model": "umi", "candidate_scoring": "max-interest",
+                        **plain}),
       Method("REMI (UMI)", {"model": "umi", **remi}),
       Method("PIMIRec", {"model": "pimirec", **plain}),
       Method("REMI (PIMIRec)", {"model": "pimirec", **remi}),

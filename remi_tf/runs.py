@@ -44,6 +44,17 @@ class RunConfig:
                model=config.ModelConfig(**payload["model"]),
                train=config.TrainConfig(**train))
 
+  def matches(self, stored: Optional[dict]) -> bool:
+    """Whether a stored config.json is this configuration. A setting added
+    to the package after the file was written counts as its default, so
+    runs of an older version still resume."""
+    if stored is None:
+      return False
+    try:
+      return RunConfig.from_json(stored) == self
+    except (KeyError, TypeError):  # not a config of this package
+      return False
+
 
 def resolve_config(dataset: str, raw_file: Optional[str] = None,
                    **overrides) -> RunConfig:
@@ -51,8 +62,8 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
   (`config.DATASET_DEFAULTS`, `config.objective_defaults`), then any
   non-None override (names as the train.py flags: model, interests,
   embedding_dim, embedding_init, seq_len, threshold, beta, rr_lambda,
-  negatives, sampler, batch_size, learning_rate, optimizer, max_steps,
-  eval_every, patience, seed, eval_users).
+  negatives, sampler, candidate_scoring, batch_size, learning_rate,
+  optimizer, max_steps, eval_every, patience, seed, eval_users).
 
   Raises:
     ValueError: an unknown setting or choice, or a value out of its range
@@ -71,6 +82,7 @@ def resolve_config(dataset: str, raw_file: Optional[str] = None,
     raise ValueError(f"unknown setting(s) {sorted(unknown)}")
   for name, choices in (("model", config.MODELS),
                         ("sampler", config.SAMPLERS),
+                        ("candidate_scoring", config.CANDIDATE_SCORINGS),
                         ("embedding_init", config.EMBEDDING_INITS),
                         ("optimizer", config.OPTIMIZERS)):
     if name in given and given[name] not in choices:
@@ -100,7 +112,7 @@ def default_run_dir(run_config: RunConfig, root: str = "runs") -> str:
   `<dataset>-<model>-<time>` folder."""
   same = [os.path.dirname(path) for path in
           glob.glob(os.path.join(root, "*", training.CONFIG_FILE))
-          if training.read_json(path) == run_config.to_json()]
+          if run_config.matches(training.read_json(path))]
   if same:
     return max(same, key=lambda folder: os.path.getmtime(
         os.path.join(folder, training.CONFIG_FILE)))
@@ -218,7 +230,7 @@ def _exported_version(run_dir: str, export_dir: str) -> Optional[int]:
 def _check_config(run_config: RunConfig, run_dir: str) -> None:
   """Raises ValueError if `run_dir` holds a run of another configuration."""
   stored = training.read_json(os.path.join(run_dir, training.CONFIG_FILE))
-  if stored is not None and stored != run_config.to_json():
+  if stored is not None and not run_config.matches(stored):
     raise ValueError(f"{run_dir} holds a run with another configuration; "
                      "choose another --output")
 

@@ -270,7 +270,7 @@ def build_model(dataset: ProcessedDataset, model_config: config.ModelConfig,
   sampler = make_sampler(model_config.sampler, dataset.num_items,
                          min(model_config.negatives, dataset.num_items), seed)
   model = RetrievalModel(tower, sampler, model_config.beta,
-                         model_config.rr_lambda)
+                         model_config.rr_lambda, model_config.candidate_scoring)
   optimizers = {"lazy-adam": LazyAdam, "adam": tf.keras.optimizers.Adam}
   if optimizer not in optimizers:
     raise ValueError(f"unknown optimizer {optimizer!r}; choose one of "

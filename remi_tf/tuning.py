@@ -284,7 +284,7 @@ def run_trial(run_config: runs.RunConfig, dataset: ProcessedDataset,
   """
   config_path = os.path.join(trial_dir, training.CONFIG_FILE)
   stored = training.read_json(config_path)
-  if stored is not None and stored != run_config.to_json():
+  if stored is not None and not run_config.matches(stored):
     raise ValueError(f"{trial_dir} holds a trial with another configuration; "
                      "choose another --output")
   record = training.read_json(os.path.join(trial_dir, TRIAL_FILE))

@@ -20,8 +20,9 @@ def test_methods_cover_ablation_baselines_and_beta_sweep():
   assert rows["REMI"] == {"model": "comirec-sa", "beta": 10.0,
                           "rr_lambda": 100.0}
   for baseline in ("Pop", "YouTube DNN", "GRU4Rec", "MIND", "ComiRec-DR",
-                   "Re4", "UMI", "PIMIRec"):
+                   "Re4", "UMI", "UMI_HN", "PIMIRec"):
     assert rows[baseline]["beta"] == rows[baseline]["rr_lambda"] == 0.0
+  assert rows["UMI_HN"] == {**rows["UMI"], "candidate_scoring": "max-interest"}
   for tower, original, remi in report.REMI_PAIRS:
     assert rows[remi]["model"] == rows[original]["model"]
     assert rows[remi]["beta"] == 10.0 and rows[remi]["rr_lambda"] == 100.0

@@ -78,6 +78,31 @@ def test_full_softmax_equals_softmax_over_the_catalog():
                              reference.numpy(), rtol=1e-5)
 
 
+def test_max_interest_scoring_scores_each_candidate_by_its_closest_interest():
+  tf.keras.utils.set_random_seed(2)
+  model_config = config.ModelConfig(interests=3, embedding_dim=DIM,
+                                    seq_len=SEQ_LEN, sampler="full")
+  tower = build_user_tower(model_config, NUM_ITEMS)
+  from remi_tf.models.sampling import FullCatalog
+  harder = RetrievalModel(tower, FullCatalog(NUM_ITEMS), 0.0, 0.0,
+                          candidate_scoring="max-interest")
+  features = _features()
+  interests = tower(features["history"])["interests"]
+  logits = tf.reduce_max(tf.einsum("bkd,nd->bkn", interests,
+                                   tower.item_table()[1:]), axis=1)
+  reference = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      features["target"] - 1, logits))
+  harder_loss = harder.compute_loss(features).numpy()
+  np.testing.assert_allclose(harder_loss, reference.numpy(), rtol=1e-5)
+  # The positive keeps its score and no negative's score falls, so the
+  # loss rises: these are the "harder" negatives.
+  plain = RetrievalModel(tower, FullCatalog(NUM_ITEMS), 0.0, 0.0)
+  assert harder_loss > plain.compute_loss(features).numpy() + 1e-4
+  with pytest.raises(ValueError, match="candidate scoring"):
+    RetrievalModel(tower, FullCatalog(NUM_ITEMS), 0.0, 0.0,
+                   candidate_scoring="min-interest")
+
+
 def test_hard_readout_picks_the_argmax_interest():
   interests = tf.constant([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]],
                            [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])

@@ -154,3 +154,18 @@ def test_complete_run_is_found_by_the_same_command(tmp_path):
   assert not runs.is_complete(run_config, str(older))
   fresh = runs.default_run_dir(run_config, str(tmp_path / "elsewhere"))
   assert not os.path.exists(fresh)
+
+
+def test_run_of_an_older_version_without_a_newer_setting_still_resumes(
+    tmp_path):
+  run_config = runs.resolve_config("csv", "x.csv", max_steps=10)
+  older_version = run_config.to_json()
+  del older_version["model"]["candidate_scoring"]  # added after it
+  folder = tmp_path / "csv-comirec-sa-1"
+  folder.mkdir()
+  training.write_json(str(folder / training.CONFIG_FILE), older_version)
+  assert runs.default_run_dir(run_config, str(tmp_path)) == str(folder)
+  harder = runs.resolve_config("csv", "x.csv", max_steps=10,
+                               candidate_scoring="max-interest")
+  assert runs.default_run_dir(harder, str(tmp_path)) != str(folder)
+  assert not run_config.matches({"not": "a run config"})

@@ -240,6 +240,8 @@ def test_bad_config_files_are_one_line_errors(text, message, tmp_path):
 @pytest.mark.parametrize("script, text, message", [
     ("train.py", '{"dataset": "csv", "bta": 4}', "unknown setting 'bta'"),
     ("train.py", '{"dataset": "csv", "sampler": "zipf"}', "unknown sampler"),
+    ("train.py", '{"dataset": "csv", "candidate_scoring": "min-interest"}',
+     "unknown candidate scoring"),
     ("train.py", '{"beta": 4}', "--dataset is required"),
     ("tune.py", '{"dataset": "csv", "rr_lambda": 4}', "rr_lambda is chosen"),
 ])

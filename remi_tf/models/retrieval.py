@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from remi_tf import losses
+from remi_tf.config import CANDIDATE_SCORINGS
 
 
 def hard_readout(interests: tf.Tensor, positives: tf.Tensor) -> tf.Tensor:
@@ -37,14 +38,25 @@ class RetrievalModel(tfrs.Model):
     sampler: a `sampling.CandidateSampler` or `sampling.FullCatalog`.
     beta: IHN sharpness (0: plain sampled softmax).
     rr_lambda: weight of routing regularization (0: none).
+    candidate_scoring: "positive-interest" (ComiRec, REMI): every candidate
+      is scored by the interest closest to the positive (`hard_readout`);
+      "max-interest" (UMI's harder negatives): each candidate by its own
+      closest interest, max_k v_k . e_c, so a negative is as hard as the
+      user's best-matching interest makes it. The positive's score is the
+      same under both.
   """
 
   def __init__(self, tower: tf.keras.Model, sampler: tf.keras.layers.Layer,
-               beta: float, rr_lambda: float, **kwargs):
+               beta: float, rr_lambda: float,
+               candidate_scoring: str = "positive-interest", **kwargs):
     super().__init__(**kwargs)
+    if candidate_scoring not in CANDIDATE_SCORINGS:
+      raise ValueError(f"unknown candidate scoring {candidate_scoring!r}; "
+                       f"choose one of {', '.join(CANDIDATE_SCORINGS)}")
     self.tower = tower
     self.sampler = sampler
     self.rr_lambda = float(rr_lambda)
+    self.candidate_scoring = candidate_scoring
     self.task = tfrs.tasks.Retrieval(loss=losses.SampledSoftmaxIHN(beta),
                                      remove_accidental_hits=True)
     self.trackers = {
@@ -72,7 +84,9 @@ class RetrievalModel(tfrs.Model):
     interests, routing = outputs["interests"], outputs["routing"]
     target = tf.cast(features["target"], tf.int32)
     positives = self.tower.item_embedding(target)
-    query = hard_readout(interests, positives)
+    # The task scores a [B, K, d] query by the max over K ("maxsim").
+    query = (interests if self.candidate_scoring == "max-interest" else
+             hard_readout(interests, positives))
 
     candidates = self.sampler(target)
     candidate_ids = tf.concat([target, candidates.ids], axis=0)

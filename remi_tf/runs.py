@@ -175,7 +175,7 @@ def train_run(run_config: RunConfig, run_dir: str,
     the dataset is loaded before anything is written.
   """
   _check_config(run_config, run_dir)
-  dataset = _run_dataset(run_config, cache_dir)
+  dataset = run_dataset(run_config, cache_dir)
   identity = _open_run_folder(run_config, run_dir) if task.is_chief else None
   metrics_path = os.path.join(run_dir, training.METRICS_FILE)
   metrics = training.read_json(metrics_path)
@@ -208,9 +208,13 @@ def train_run(run_config: RunConfig, run_dir: str,
   return {**metrics, "export": {"export_dir": export_dir, "version": version}}
 
 
-def _run_dataset(run_config: RunConfig, cache_dir: Optional[str]):
-  """The run's dataset, with the interactions' times for a tower that reads
-  them (`config.TIME_MODELS`)."""
+def run_dataset(run_config: RunConfig, cache_dir: Optional[str] = None):
+  """The run's `ProcessedDataset`, with the interactions' times for a tower
+  that reads them (`config.TIME_MODELS`).
+
+  Raises:
+    Whatever loading the dataset raises (`remi_tf.data.INPUT_ERRORS`).
+  """
   return load_dataset(run_config.dataset, run_config.raw_file,
                       run_config.threshold, cache_dir=cache_dir,
                       times=run_config.model.model in config.TIME_MODELS)
@@ -263,7 +267,7 @@ def load_run(run_dir: str, cache_dir: Optional[str] = None):
   run_config = RunConfig.from_json(
       training.read_json(os.path.join(run_dir, training.CONFIG_FILE)))
   metrics = training.read_json(os.path.join(run_dir, training.METRICS_FILE))
-  dataset = _run_dataset(run_config, cache_dir)
+  dataset = run_dataset(run_config, cache_dir)
   model = training.best_model(dataset, run_config.model, run_config.train,
                               run_dir)
   return run_config, dataset, model, metrics

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from remi_tf import config, runs, training
-from remi_tf.data import ProcessedDataset, load_dataset
+from remi_tf.data import ProcessedDataset
 
 _log = logging.getLogger(__name__)
 
@@ -234,8 +234,7 @@ def tune(settings: dict, search: Search, output_dir: str,
     Whatever loading the dataset raises (`remi_tf.data.INPUT_ERRORS`).
   """
   base = base_config(settings, search)
-  dataset = without_test_users(load_dataset(
-      base.dataset, base.raw_file, base.threshold, cache_dir=cache_dir))
+  dataset = without_test_users(runs.run_dataset(base, cache_dir))
   trials: List[dict] = []
 
   def run(beta: float, rr_lambda: float) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from conftest import BOOKS_SLICE
-from remi_tf import config, layout, serving
+from remi_tf import config, layout, runs, serving
 from remi_tf.data import UserSequences, cache, load_dataset, preprocess
 from remi_tf.data.inputs import evaluation_examples, training_dataset
 from remi_tf.data.parsing import interaction_log
@@ -182,3 +182,11 @@ def test_an_export_from_before_times_serves_as_before(tiny_run, tmp_path):
   assert [answer.status_code for answer in answers] == [200, 200]
   assert answers[0].json() == answers[1].json()
   assert batch.json()["results"] == [answers[0].json()]
+
+
+def test_a_run_loads_times_only_for_a_tower_that_reads_them(tmp_path):
+  home = str(tmp_path)
+  for model in config.MODELS:
+    dataset = runs.run_dataset(runs.resolve_config("csv", BOOKS_SLICE,
+                                                   model=model), home)
+    assert (dataset.train.times is not None) == (model in config.TIME_MODELS)

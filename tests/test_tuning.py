@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import BOOKS_SLICE, ROOT
-from remi_tf import cli, evaluation, training, tuning
+from remi_tf import cli, evaluation, runs, training, tuning
 from remi_tf.data import load_dataset
 from remi_tf.data.inputs import evaluation_examples
 
@@ -111,7 +111,7 @@ def tuned(tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(evaluation, "evaluate", recording_evaluate)
-    patch.setattr(tuning, "load_dataset", lambda *args, **kwargs: (
+    patch.setattr(runs, "load_dataset", lambda *args, **kwargs: (
         dataclasses.replace(load_dataset(*args, **kwargs),
                             test=_TestSplit())))
     result = tuning.tune(TINY, SEARCH, str(root / "out"), cache)

@@ -1,5 +1,6 @@
 """Shared fixtures. Importing remi_tf first sets TF_USE_LEGACY_KERAS."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,6 +34,22 @@ def run_pipeline(script, *args, cache_dir, timeout=300, check=True):
     raise AssertionError(f"{script} failed:\n{process.stdout}\n"
                          f"{process.stderr[-4000:]}")
   return process
+
+
+def load_script(path):
+  """A script of the repository (e.g. "benchmarks/serving.py") imported as
+  a module in this process; its main is not run."""
+  name = path[:-3].replace("/", "_")
+  spec = importlib.util.spec_from_file_location(name,
+                                                os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def pipeline_main(script):
+  """pipelines/<script>'s `main`, to run in this process."""
+  return load_script(f"pipelines/{script}").main
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ measured elsewhere: timing never in an assert)."""
 
 import argparse
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, load_script
 
 
 def test_training_throughput_compares_table_sizes_in_one_run():
@@ -43,12 +42,7 @@ TINY_TRAINING = ["--items", "300", "--negatives", "32", "--seq-len", "8",
 @pytest.fixture(name="throughput", scope="module")
 def fixture_throughput():
   """benchmarks/train_throughput.py as a module (main is not run)."""
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_train_throughput",
-      os.path.join(ROOT, "benchmarks", "train_throughput.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmarks/train_throughput.py")
 
 
 def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):
@@ -220,11 +214,7 @@ def test_compare_ref_alternates_both_trees_and_profiles_this_one():
 @pytest.fixture(name="bench", scope="module")
 def fixture_bench():
   """benchmarks/serving.py as a module (main is not run)."""
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_serving", os.path.join(ROOT, "benchmarks", "serving.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmarks/serving.py")
 
 
 def _summary(p50, p99, rate, completed=10, errors=0, first_error=None):

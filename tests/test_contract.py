@@ -3,7 +3,6 @@ states the bounds the service enforces, every answer (errors included)
 has a declared schema, and schemathesis, with all of its checks, finds no
 request the service answers against it."""
 
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 from fastapi import responses, testclient
 
-from conftest import ROOT
+from conftest import load_script
 from remi_tf import serving
 from remi_tf.serving import app as service_app
 from remi_tf.serving.backends import UserTowerError
@@ -230,11 +229,7 @@ def test_every_error_answer_has_the_declared_body(
 @pytest.fixture(name="fuzz", scope="module")
 def fixture_fuzz():
   """benchmarks/fuzz.py as a module (main is not run)."""
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_fuzz", os.path.join(ROOT, "benchmarks", "fuzz.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmarks/fuzz.py")
 
 
 def test_schemathesis_finds_no_failure_and_the_service_stays_up(tiny_run,

@@ -5,7 +5,6 @@ parameter servers, a worker killed and a chief killed and restarted, their
 exports, the TF_CONFIG checks, and no process left behind."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS
+from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS, pipeline_main
 from remi_tf import distribute, export, layout, runs, training
 from remi_tf.data.inputs import evaluation_examples
 
@@ -197,11 +196,7 @@ def test_bad_tf_config_is_a_one_line_error(strategy, environ, flags, message,
   monkeypatch.delenv(distribute.TF_CONFIG, raising=False)
   for name, value in environ.items():
     monkeypatch.setenv(name, value)
-  spec = importlib.util.spec_from_file_location(
-      "train", os.path.join(ROOT, "pipelines", "train.py"))
-  train = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(train)
-  assert train.main(["--dataset", "csv", "--strategy", strategy,
+  assert pipeline_main("train.py")(["--dataset", "csv", "--strategy", strategy,
                      *flags]) == 2
   error = capsys.readouterr().err.strip()
   assert error.startswith("error: ") and "\n" not in error, error

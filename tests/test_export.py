@@ -4,7 +4,6 @@ as matching pairs, metadata without machine paths, and the ScaNN recall
 check."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import BOOKS_SLICE, GOWALLA_SLICE, ROOT, run_pipeline
+from conftest import BOOKS_SLICE, GOWALLA_SLICE, ROOT, pipeline_main, run_pipeline
 from remi_tf import export, layout, runs, serving
 from remi_tf import index as index_module
 from remi_tf.data.inputs import evaluation_examples
@@ -334,15 +333,6 @@ def test_evaluate_cli_on_run_and_export_match_the_run_metrics(tiny_run):
       assert measured[name] == pytest.approx(value, abs=1e-6), (flags, name)
 
 
-def _pipeline_main(script):
-  """The main() of pipelines/<script>, run in this process."""
-  spec = importlib.util.spec_from_file_location(
-      script[:-3], os.path.join(ROOT, "pipelines", script))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.main
-
-
 def _one_line_error(capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err, err
@@ -351,7 +341,7 @@ def _one_line_error(capsys):
 
 def test_evaluating_an_export_checks_its_raw_file(tiny_run, capsys):
   _, export_dir, cache = tiny_run
-  evaluate = _pipeline_main("evaluate.py")
+  evaluate = pipeline_main("evaluate.py")
   common = ["--model-dir", str(export_dir), "--cache-dir", str(cache)]
   assert evaluate(common) == 2
   assert "--raw-file" in _one_line_error(capsys)
@@ -366,8 +356,8 @@ def test_evaluating_an_export_checks_its_raw_file(tiny_run, capsys):
 def test_export_and_evaluate_reject_folders_that_are_not_runs_or_exports(
     tiny_run, tmp_path, capsys):
   run_dir, export_dir, cache = tiny_run
-  evaluate = _pipeline_main("evaluate.py")
-  export_cli = _pipeline_main("export.py")
+  evaluate = pipeline_main("evaluate.py")
+  export_cli = pipeline_main("export.py")
   empty = tmp_path / "empty"
   empty.mkdir()
   for folder in (empty, tmp_path / "missing", export_dir):

@@ -6,7 +6,6 @@ in-process tower, the same answers from the service, version routing, and
 errors as 502s that leave the service up."""
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from conftest import ROOT
+from conftest import ROOT, pipeline_main
 from remi_tf import layout, serving
 from remi_tf.serving.backends import (InProcessUserTower,
                                       TFServingGrpcUserTower, UserTowerError)
@@ -224,11 +223,7 @@ def test_an_unreachable_tf_serving_is_a_502_until_it_is_back(
 
 def test_the_rest_and_grpc_flags_exclude_each_other(tiny_run, capsys):
   _, export_dir, _ = tiny_run
-  spec = importlib.util.spec_from_file_location(
-      "serve_pipeline", os.path.join(ROOT, "pipelines", "serve.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  code = module.main(["--model-dir", str(export_dir), "--tf-serving-url",
+  code = pipeline_main("serve.py")(["--model-dir", str(export_dir), "--tf-serving-url",
                       "http://127.0.0.1:1/v1/models/user_tower",
                       "--tf-serving-grpc", "127.0.0.1:1"])
   error = capsys.readouterr().err.strip()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import BOOKS_SLICE, TINY_RUN_FLAGS, run_pipeline
+from conftest import BOOKS_SLICE, TINY_RUN_FLAGS, pipeline_main, run_pipeline
 from remi_tf import config, layout, runs, serving
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.export_evaluation import evaluate_export
@@ -246,6 +246,27 @@ def test_the_service_answers_with_and_without_times(run, trained, user):
     np.testing.assert_allclose(answer["scores"], scores, rtol=1e-4)
   assert timed.json()["unknown_ids"] == 1
   assert not np.allclose(timed.json()["scores"], untimed.json()["scores"])
+
+
+def test_recommend_cli_passes_the_times(run, trained, user, capsys):
+  _, export_dir, _ = run
+  ids, times = user
+  raw = trained[0].item_vocab[ids - 1].tolist()
+  recommend = pipeline_main("recommend.py")
+  for given in (times, None):
+    flags = [] if given is None else ["--times", ",".join(map(str, given))]
+    assert recommend(["--model-dir", str(export_dir), "--history",
+                      ",".join(raw), "--k", "10", *flags]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    items, scores = _exact_answer(trained, ids, given, 10)
+    assert answer["items"] == items
+    np.testing.assert_allclose(answer["scores"], scores, rtol=1e-4)
+  for bad, message in ((times[:-1], "values for"), ([-1] * len(ids),
+                                                     "unix seconds")):
+    assert recommend(["--model-dir", str(export_dir), "--history",
+                      ",".join(raw), "--times=" + ",".join(map(str, bad))
+                      ]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_tf_serving_backends_send_the_times(run, user, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 one-line errors."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, GOWALLA_SLICE, ROOT, run_pipeline
+from conftest import FIXTURES, GOWALLA_SLICE, ROOT, load_script, run_pipeline
 from remi_tf import cli, config
 from remi_tf.data import load_dataset, preprocess, registry
 
@@ -22,10 +21,7 @@ def fixture_prepare():
   original = cli.configure_logging
   cli.configure_logging = lambda argv=None: False
   try:
-    spec = importlib.util.spec_from_file_location(
-        "pipeline_prepare", os.path.join(ROOT, "pipelines", "prepare.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("pipelines/prepare.py")
   finally:
     cli.configure_logging = original
   return module
@@ -80,11 +76,7 @@ def test_bad_input_is_one_line_exit_2(prepare, tmp_path, capsys, flags,
 @pytest.fixture(name="scale", scope="module")
 def fixture_scale():
   """benchmarks/scale.py as a module (its writers; main is not run)."""
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_scale", os.path.join(ROOT, "benchmarks", "scale.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmarks/scale.py")
 
 
 @pytest.mark.parametrize("dataset", ["amazon-books", "gowalla",

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_pipeline
-from remi_tf import layout, runs, serving
+from remi_tf import runs, serving
 from remi_tf.data.inputs import evaluation_examples
 from remi_tf.retrieval import exact_top_n
 from remi_tf.serving import app as service_app

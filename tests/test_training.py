@@ -3,7 +3,6 @@ and untrained ranking of the same test users), flag ranges and
 configuration errors, defaults. Seeded reproducibility across processes and
 resume: tests/test_runs.py."""
 
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import BOOKS_SLICE, ROOT
+from conftest import BOOKS_SLICE, pipeline_main
 from remi_tf import config, evaluation, runs, training
 from remi_tf.data.inputs import evaluation_examples, training_dataset
 
@@ -88,11 +87,7 @@ def test_tiny_run_writes_metrics_checkpoint_logs_and_export(tiny_run):
 @pytest.fixture(scope="module")
 def train_main():
   """pipelines/train.py's `main`, run in this process."""
-  spec = importlib.util.spec_from_file_location(
-      "train_pipeline", os.path.join(ROOT, "pipelines", "train.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.main
+  return pipeline_main("train.py")
 
 
 # One out-of-range value per numeric flag (some flags twice).

@@ -5,14 +5,13 @@ the command line over the file; bad config files as one-line errors."""
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import BOOKS_SLICE, ROOT
+from conftest import BOOKS_SLICE, pipeline_main
 from remi_tf import cli, evaluation, runs, training, tuning
 from remi_tf.data import load_dataset
 from remi_tf.data.inputs import evaluation_examples
@@ -173,20 +172,11 @@ def test_search_refuses_an_output_of_other_settings(tuned):
     tuning.tune({**TINY, "embedding_dim": 4}, SEARCH, str(output), cache)
 
 
-def _pipeline_main(script):
-  """pipelines/<script>'s `main`, run in this process."""
-  spec = importlib.util.spec_from_file_location(
-      script[:-3] + "_pipeline", os.path.join(ROOT, "pipelines", script))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.main
-
-
 def test_chosen_config_trains_through_train_py_with_flags_over_it(
     tuned, tmp_path):
   _, result, _, cache = tuned
   run_dir = tmp_path / "run"
-  code = _pipeline_main("train.py")([
+  code = pipeline_main("train.py")([
       "--config", result["config"], "--negatives", "32", "--max-steps", "20",
       "--eval-every", "20", "--eval-users", "5", "--no-export",
       "--output", str(run_dir), "--cache-dir", cache])
@@ -248,7 +238,7 @@ def test_bad_config_files_are_one_line_errors(text, message, tmp_path):
 def test_pipelines_exit_2_on_a_bad_config_before_writing(
     script, text, message, tmp_path, capsys):
   output = tmp_path / "out"
-  code = _pipeline_main(script)([
+  code = pipeline_main(script)([
       "--config", _config_file(tmp_path, text), "--raw-file", BOOKS_SLICE,
       "--output", str(output), "--cache-dir", str(tmp_path / "cache")])
   error = capsys.readouterr().err.strip()

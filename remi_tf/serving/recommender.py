@@ -80,21 +80,25 @@ class Recommender:
     if not 1 <= k <= self.max_k:
       raise RequestError(f"k must be between 1 and {self.max_k}, got {k}")
     vocabulary = self.artifacts.vocabulary
+    reads_times = self.artifacts.time_input
     known, known_times = [], []
     for position, history in enumerate(histories):
       if not history:
         raise RequestError(f"history {position} is empty")
       ids = vocabulary.to_ids(history)
       known.append([i for i in ids if i])
-      item_times = _item_times(times[position] if times else None, len(ids))
-      known_times.append([t for i, t in zip(ids, item_times) if i])
+      if reads_times:
+        item_times = _item_times(times[position] if times else None,
+                                 len(ids))
+        known_times.append([t for i, t in zip(ids, item_times) if i])
     answers = [Recommendation([], [], len(history)) for history in histories]
     rows = [row for row, ids in enumerate(known) if ids]
     if not rows:
       return answers
     ids, scores = self._top_n(
         [known[row] for row in rows], min(k, len(vocabulary)),
-        exclude_history, [known_times[row] for row in rows])
+        exclude_history,
+        [known_times[row] for row in rows] if reads_times else None)
     for row, row_ids, row_scores in zip(rows, ids, scores):
       found = row_ids > 0
       answers[row] = Recommendation(
@@ -104,12 +108,14 @@ class Recommender:
     return answers
 
   def _top_n(self, known: List[List[int]], n: int, exclude_history: bool,
-             known_times: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
+             known_times: Optional[List[List[int]]]
+             ) -> Tuple[np.ndarray, np.ndarray]:
     """(item ids int32 [B, n], scores float32 [B, n]) for B histories of
-    known item ids (each non-empty) and their times, as `ItemIndex.top_n`."""
+    known item ids (each non-empty) and, for a tower that reads them, their
+    times (else None), as `ItemIndex.top_n`."""
     vocabulary, seq_len = self.artifacts.vocabulary, self.artifacts.seq_len
     histories = [vocabulary.tower_input(ids, seq_len) for ids in known]
-    if self.artifacts.time_input:
+    if known_times is not None:
       interests = self.artifacts.user_tower.interests(
           histories, [_tower_times(row, seq_len) for row in known_times])
     else:

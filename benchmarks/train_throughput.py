@@ -69,14 +69,14 @@ lookups, hard readout, routing regularizer and diagnostics, and what
 running the parts together saves or costs); `tf_function_call_ms` is the
 cost of calling an empty tf.function, included once in every part.
 
---roofline (off by default; a few seconds; ComiRec-SA, ComiRec-DR and
-MIND): FLOPs and bytes moved per sample from the shapes (`step_cost`),
-the machine's float32 matmul FLOP/s (TensorFlow, the step's largest
-matmul shape, all cores) and memory bandwidth (numpy copy and triad over
-64 MB arrays, one thread per core), both the best of several runs; the
-best possible samples/s is min(FLOP/s / FLOPs per sample, bandwidth /
-bytes per sample), and `achieved_fraction` is REMI's measured samples/s
-over it.
+--roofline (off by default; a few seconds; ComiRec-SA, ComiRec-DR, MIND,
+Re4, UMI and PIMIRec): FLOPs and bytes moved per sample from the shapes
+(`step_cost`), the machine's float32 matmul FLOP/s (TensorFlow, the
+step's largest matmul shape, all cores) and memory bandwidth (numpy copy
+and triad over 64 MB arrays, one thread per core), both the best of
+several runs; the best possible samples/s is min(FLOP/s / FLOPs per
+sample, bandwidth / bytes per sample), and `achieved_fraction` is REMI's
+measured samples/s over it.
 
 Targets (2 cores): >= 6,000 samples/s (aim 10,000) for REMI; REMI's
 overhead over plain, (plain / remi - 1) * 100, <= 5%.
@@ -124,8 +124,18 @@ MEASUREMENT_FLAGS = ("items", "seq_len", "batch_size", "negatives",
                      "optimizer", "learning_rate", "beta", "rr_lambda",
                      "warmup_steps", "steps", "seed")
 PROFILE_STEPS_PER_CALL = 10
-# Routing iterations of ComiRec-DR and MIND (capsule.DynamicRouting).
+# Routing iterations of ComiRec-DR, MIND (capsule.DynamicRouting) and UMI
+# (umi.DualAttentiveRouting).
 ROUTING_ITERATIONS = 3
+# UMI's MLP width of the user-guided attention and of the refinement's gate
+# (umi.UserGuidedAttention, umi.InterestRefinement) and its profile's fields
+# (umi.HistoryProfile: the history's mean and its last item).
+UMI_HIDDEN_UNITS, UMI_PROFILE_FIELDS = 8, 2
+# PIMIRec's largest interval, graph rounds and heads (pimirec.TIME_SPAN,
+# NUM_BLOCKS, NUM_HEADS), and the contexts each item attends to in a round
+# (previous item, itself, next item, centre, own input).
+PIMIREC_TIME_SPAN, PIMIREC_ROUNDS, PIMIREC_HEADS = 64, 3, 8
+STAR_CONTEXTS = 5
 FLOAT_BYTES, COUNTER_BYTES = 4, 8
 PROBE_ARRAY_BYTES = 64 * 2**20
 PROBE_RUNS = 5
@@ -478,22 +488,121 @@ def _self_attentive_cost(b, n, d, k):
           "largest_matmul": (b * n, d, 4 * d)}
 
 
+def _routing_flops(n, d, k):
+  """Capsule routing over u_hat [K, n, d]: per iteration the interests
+  sum_n w u_hat and, but for the last, the logits u_hat . interest."""
+  return (2 * ROUTING_ITERATIONS - 1) * 2 * k * n * d
+
+
 def _capsule_cost(b, n, d, k, shared):
   """ComiRec-DR (a d x Kd map per position) or MIND (one d x d map shared,
-  tiled over K): u_hat, then per routing iteration the interests
-  sum_n w u_hat and, but for the last, the logits u_hat . interest."""
+  tiled over K): u_hat, then the routing."""
   out = d if shared else k * d
-  routing = (2 * ROUTING_ITERATIONS - 1) * 2 * k * n * d
-  return {"flops": {"u_hat": 2 * n * d * out, "routing": routing},
+  return {"flops": {"u_hat": 2 * n * d * out,
+                    "routing": _routing_flops(n, d, k)},
           "dense_parameters": d * d if shared else n * d * k * d,
           "largest_activation": k * n * d,
           "largest_matmul": (b * n, d, out)}
+
+
+def _mlp_flops(rows, widths):
+  """Dense layers widths[0] -> widths[1] -> ... applied to `rows` rows."""
+  return sum(2 * rows * fan_in * fan_out
+             for fan_in, fan_out in zip(widths, widths[1:]))
+
+
+def _mlp_parameters(widths):
+  """Kernels and biases of dense layers widths[0] -> widths[1] -> ..."""
+  return sum(fan_in * fan_out + fan_out
+             for fan_in, fan_out in zip(widths, widths[1:]))
+
+
+def _re4_cost(b, n, d, k):
+  """Re4: ComiRec-SA's forward, plus (training only) its backward flows:
+  re-contrast's cosines of the interests with the user's items, the
+  previous user's items and each other; re-attend's scores z_k . x_i;
+  re-construct's decoder, per interest: upsample d -> n d, attention MLP
+  d -> d -> n over the n slots and its weighted sum of the values S W5."""
+  forward = _self_attentive_cost(b, n, d, k)
+  flops = {**forward["flops"],
+           "re_contrast": 2 * 2 * k * n * d + 2 * k * k * d,
+           "re_attend": 2 * k * n * d,
+           "decoder_upsample": 2 * k * d * n * d,
+           "decoder_attention": 2 * k * n * d * d + 2 * k * n * d * n,
+           "decoder_values": 2 * k * n * d * d + 2 * k * n * n * d}
+  decoder_parameters = (_mlp_parameters([d, n * d]) + d * d + d * n
+                        + d * d)
+  return {"flops": flops,
+          "dense_parameters": forward["dense_parameters"] + decoder_parameters,
+          "largest_activation": max(forward["largest_activation"],
+                                    k * n * d, k * n * n),
+          "largest_matmul": max(forward["largest_matmul"],
+                                (b * k, d, n * d), key=math.prod)}
+
+
+def _umi_cost(b, n, d, k):
+  """UMI: the profile p (F fields: the history's mean and last item), the
+  user-guided attention MLP [e_i; p] -> h -> 1 per position, per-interest
+  d x d maps u_ik = W_k e_i and their capsule routing, then per interest
+  the refinement's gate [p; v_k] -> h -> F and mixer [gated p; v_k] ->
+  d / 2 -> d (MLPs with biases)."""
+  h, fields = UMI_HIDDEN_UNITS, UMI_PROFILE_FIELDS
+  with_profile = (fields + 1) * d
+  attention = [with_profile, h, 1]
+  gate = [with_profile, h, fields]
+  mix = [with_profile, max(d // 2, 1), d]
+  return {"flops": {"profile_mean": 2 * n * d,
+                    "user_guided_attention": _mlp_flops(n, attention),
+                    "u_hat": 2 * n * d * k * d,
+                    "routing": _routing_flops(n, d, k),
+                    "refinement_gate": _mlp_flops(k, gate),
+                    "refinement_mix": _mlp_flops(k, mix)},
+          "dense_parameters": (_mlp_parameters(attention) + d * k * d
+                               + _mlp_parameters(gate)
+                               + _mlp_parameters(mix)),
+          "largest_activation": k * n * d,
+          "largest_matmul": (b * n, d, k * d)}
+
+
+def _pimirec_cost(b, n, d, k):
+  """PIMIRec: periodicity (each position's interval weights, summed per
+  interval [n, T + 1], times the interval table [T + 1, d]); R rounds of
+  star-graph attention with h heads of width w = h floor(d / h) (per round
+  the items' query, key and value projections, key and value of the
+  centre and of the n inputs, dot products with and weighted sum of the C
+  contexts, output w -> d; all rounds but the last the centre's: query,
+  keys and values of n + 1 nodes, dot products and sum over them,
+  output); then ComiRec-SA's extraction from the graph's outputs."""
+  extraction = _self_attentive_cost(b, n, d, k)
+  span, rounds = PIMIREC_TIME_SPAN + 1, PIMIREC_ROUNDS
+  width = PIMIREC_HEADS * max(1, d // PIMIREC_HEADS)
+  satellite_projections = 2 * (n * d * 3 * width + d * 2 * width
+                               + n * d * 2 * width + n * width * d)
+  centre_projections = 2 * (d * width + (n + 1) * d * 2 * width + width * d)
+  attention_parameters = d * 3 * width + 3 * width + width * d + d
+  return {"flops": {
+      "interval_pooling": 2 * n * span * d,
+      "star_projections": (rounds * satellite_projections
+                           + (rounds - 1) * centre_projections),
+      "star_attention": 2 * 2 * width * (rounds * STAR_CONTEXTS * n
+                                         + (rounds - 1) * (n + 1)),
+      **extraction["flops"]},
+          "dense_parameters": (extraction["dense_parameters"]
+                               + (span - 1) * d + d
+                               + (2 * rounds - 1) * attention_parameters),
+          "largest_activation": max(extraction["largest_activation"],
+                                    STAR_CONTEXTS * n * width, n * span),
+          "largest_matmul": max(extraction["largest_matmul"],
+                                (b * n, d, 3 * width), key=math.prod)}
 
 
 ENCODER_COSTS = {
     "comirec-sa": _self_attentive_cost,
     "comirec-dr": lambda b, n, d, k: _capsule_cost(b, n, d, k, shared=False),
     "mind": lambda b, n, d, k: _capsule_cost(b, n, d, k, shared=True),
+    "re4": _re4_cost,
+    "umi": _umi_cost,
+    "pimirec": _pimirec_cost,
 }
 
 
@@ -504,16 +613,45 @@ def step_cost(args) -> dict:
   items, S negatives (N with the full sampler), C = B + S candidates per
   example (TFRS scores every example against all of them).
 
-  FLOPs (multiply-add = 2; matmuls only: tanh, softmax, the loss's exp and
-  Adam's arithmetic are left out), forward per sample:
+  FLOPs (multiply-add = 2; matmuls and other sums of products only:
+  tanh, sigmoid, ReLU, squash, softmax, normalisations, the losses' exp
+  and squares and Adam's arithmetic are left out), forward per sample,
+  every position counted as real:
     routing MLP (ComiRec-SA)   2 n d 4d + 2 n 4d K   ([n, d] -> [n, 4d]
                                                        -> [n, K])
     interests V = A H          2 K n d               ([K, n] x [n, d])
     hard readout               2 K d                 (K interests . positive)
     logits                     2 d C                 ([d] x [d, C])
-  (ComiRec-DR: u_hat 2 n d Kd, MIND: 2 n d d; both: routing 5 x 2 K n d
-  for 3 iterations.) Backward ~2x forward (gradients of both operands), so
-  a step is 3x the forward.
+  ComiRec-DR: u_hat 2 n d Kd, MIND: 2 n d d; both: routing 5 x 2 K n d
+  for 3 iterations, instead of the routing MLP and V = A H.
+  Re4: ComiRec-SA's, and in training its backward flows:
+    re-contrast                2 x 2 K n d + 2 K K d  (cosines with own and
+                                 previous user's items; between interests)
+    re-attend                  2 K n d               (z_k . x_i)
+    decoder upsample           2 K d nd              (d -> n d per interest)
+    decoder attention          2 K n d d + 2 K n d n  (MLP d -> d -> n heads
+                                                       over the n slots)
+    decoder values             2 K n d d + 2 K n n d  (S W5, then [n, n] x
+                                                       [n, d])
+  UMI (h = 8 hidden units, F = 2 profile fields):
+    profile mean               2 n d
+    user-guided attention      2 n ((F+1)d h + h)    ([e_i; p] -> h -> 1)
+    u_hat, routing             2 n d Kd, 5 x 2 K n d  (as ComiRec-DR)
+    refinement gate            2 K ((F+1)d h + h F)  ([p; v_k] -> h -> F)
+    refinement mix             2 K ((F+1)d d/2 + d/2 d)  (-> d/2 -> d)
+  PIMIRec (T = 64 interval span, R = 3 rounds, w = 8 floor(d / 8) head
+  width, C = 5 contexts), then ComiRec-SA's terms:
+    interval pooling           2 n (T+1) d           ([n, T+1] x [T+1, d])
+    star projections           R 2 (n d 3w + d 2w + n d 2w + n w d)
+                               + (R-1) 2 (d w + (n+1) d 2w + w d)
+    star attention             2 x 2 w (R C n + (R-1) (n+1))  (dot products
+                                 and weighted sums over the contexts)
+    The interval pooling's n x n pairs (their intervals, the gather of
+    their scores, the softmax, the per-interval sum of the weights) are
+    elementwise and left out, as is each interval's score w . T_s (once
+    per step): its one matmul is per interval, linear in n.
+  Backward ~2x forward (gradients of both operands), so a step is 3x the
+  forward.
 
   Bytes per step (float32 4 bytes, counters int64 8), divided by B:
     lookups L = B n + B + S rows (history incl. padding, positives,
@@ -526,11 +664,15 @@ def step_cost(args) -> dict:
       dense Adam instead       (N + 1) x 8 x 4d   (param, m, v read and
                                  written, m and v read again: every row)
     dense weights              P x 8 x 4   (Adam as above + gradient
-                                 written and read; P: W1, W2, positions)
+                                 written and read; P: W1, W2, positions;
+                                 the other towers' weights)
     activations                B x 4 x 4 x (n 4d + C)   (the routing
                                  MLP's hidden layer and the logits row,
                                  written and read forward and again
-                                 backward; ComiRec-DR/MIND: K n d u_hat)
+                                 backward; ComiRec-DR/MIND/UMI: K n d
+                                 u_hat; Re4: the largest of n 4d, the
+                                 decoder's K n d and K n n; PIMIRec: the
+                                 largest of n 4d, C n w and n (T+1))
   Other intermediates are assumed to stay in cache, so the bytes are a
   lower bound and the bound they give an upper bound.
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_script
+from remi_tf.models import capsule, pimirec, umi
 
 
 def test_training_throughput_compares_table_sizes_in_one_run():
@@ -72,9 +73,104 @@ def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):
       "u_hat", "routing", "logits"}
 
 
+def _roofline_cost(throughput, *flags):
+  """step_cost of `--roofline flags` (parse_args refuses a model without
+  a cost function)."""
+  return throughput.step_cost(throughput.parse_args(["--roofline", *flags]))
+
+
+# A term's factor when one shape doubles from the defaults (n 40, d 64,
+# K 4), as step_cost's formulas say; d is doubled to 128, where PIMIRec's
+# head width w is still d.
+TERM_SCALING = [
+    ("comirec-sa", "routing_w1", {"seq-len": 2, "embedding-dim": 4,
+                                  "interests": 1}),
+    ("comirec-sa", "routing_w2", {"seq-len": 2, "embedding-dim": 2,
+                                  "interests": 2}),
+    ("re4", "re_attend", {"seq-len": 2, "embedding-dim": 2, "interests": 2}),
+    ("re4", "decoder_upsample", {"seq-len": 2, "embedding-dim": 4,
+                                 "interests": 2}),
+    ("umi", "u_hat", {"seq-len": 2, "embedding-dim": 4, "interests": 2}),
+    ("umi", "routing", {"seq-len": 2, "embedding-dim": 2, "interests": 2}),
+    ("umi", "refinement_mix", {"seq-len": 1, "embedding-dim": 4,
+                               "interests": 2}),
+    ("pimirec", "interval_pooling", {"seq-len": 2, "embedding-dim": 2,
+                                     "interests": 1}),
+    ("pimirec", "star_projections", {"embedding-dim": 4, "interests": 1}),
+    ("pimirec", "star_attention", {"embedding-dim": 2, "interests": 1}),
+]
+DEFAULT_SHAPES = {"seq-len": 40, "embedding-dim": 64, "interests": 4}
+
+
+@pytest.mark.parametrize("model, term, factors", TERM_SCALING)
+def test_each_flops_term_scales_with_the_shapes_as_its_formula(
+    throughput, model, term, factors):
+  base = _roofline_cost(throughput, "--model", model)
+  for flag, factor in factors.items():
+    doubled = _roofline_cost(throughput, "--model", model, f"--{flag}",
+                             str(2 * DEFAULT_SHAPES[flag]))
+    assert (doubled["forward_flops_by_term"][term]
+            == factor * base["forward_flops_by_term"][term]), flag
+
+
+def test_re4_adds_its_backward_flows_to_comirec_sa(throughput):
+  books = ("--seq-len", "20", "--items", "367983")
+  plain = _roofline_cost(throughput, "--model", "comirec-sa", *books)
+  re4 = _roofline_cost(throughput, "--model", "re4", *books)
+  shared = plain["forward_flops_by_term"]
+  terms = re4["forward_flops_by_term"]
+  assert {name: terms[name] for name in shared} == shared
+  flows = {name: value for name, value in terms.items() if name not in shared}
+  assert set(flows) == {"re_contrast", "re_attend", "decoder_upsample",
+                        "decoder_attention", "decoder_values"}
+  assert re4["flops_per_sample"] == pytest.approx(
+      plain["flops_per_sample"] + 3 * sum(flows.values()))
+  # The decoder's [n, n] attention: faster than linear in n.
+  longer = _roofline_cost(throughput, "--model", "re4", "--seq-len", "40")
+  growth = (longer["forward_flops_by_term"]["decoder_values"]
+            / terms["decoder_values"])
+  assert 2 < growth < 4
+  # A measured Re4 step took 3.4x ComiRec-SA's at these shapes
+  # (docs/models.md): its flows are no small share of the FLOPs.
+  assert re4["flops_per_sample"] > 3 * plain["flops_per_sample"]
+
+
+def test_pimirec_extracts_as_comirec_sa_after_its_graph(throughput):
+  plain = _roofline_cost(throughput, "--model", "comirec-sa")
+  pimirec = _roofline_cost(throughput, "--model", "pimirec")
+  terms = pimirec["forward_flops_by_term"]
+  assert {name: terms[name] for name in plain["forward_flops_by_term"]} == (
+      plain["forward_flops_by_term"])
+  assert terms["star_projections"] > terms["routing_w1"]
+  # The interval pooling's matmul is per interval: linear in n (its n x n
+  # pairs are elementwise), and the graph's rounds are nearly so.
+  longer = _roofline_cost(throughput, "--model", "pimirec", "--seq-len", "80")
+  assert longer["forward_flops_by_term"]["interval_pooling"] == (
+      2 * terms["interval_pooling"])
+  assert longer["forward_flops_by_term"]["star_projections"] == pytest.approx(
+      2 * terms["star_projections"], rel=0.02)
+
+
+def test_the_cost_constants_are_the_towers_defaults(throughput):
+  assert (throughput.ROUTING_ITERATIONS
+          == capsule.comirec_dr(4, 20).iterations
+          == umi.DualAttentiveRouting(4, 20).iterations)
+  assert (throughput.UMI_HIDDEN_UNITS
+          == umi.UserGuidedAttention().hidden_units
+          == umi.InterestRefinement(umi.HistoryProfile.num_fields)
+          .hidden_units)
+  assert throughput.UMI_PROFILE_FIELDS == umi.HistoryProfile.num_fields
+  tower = pimirec.PIMIRec(4, 20)
+  assert (throughput.PIMIREC_TIME_SPAN, throughput.PIMIREC_ROUNDS,
+          throughput.PIMIREC_HEADS) == (
+              tower.time_span, tower.interaction.num_blocks,
+              tower.interaction.num_heads)
+
+
+@pytest.mark.parametrize("model", ["comirec-sa", "re4", "umi", "pimirec"])
 def test_the_roofline_bound_is_the_tighter_of_compute_and_memory(
-    throughput, monkeypatch):
-  args = throughput.parse_args(["--roofline"])
+    throughput, monkeypatch, model):
+  args = throughput.parse_args(["--roofline", "--model", model])
   cost = throughput.step_cost(args)
   bounds = []
   for matmul in (1e15, 1e6):

@@ -237,6 +237,7 @@ def test_metrics_count_requests_by_endpoint_and_status(server, user,
   assert after[timed] - before.get(timed, 0) == 4
   batches = ("remi_batch_size_count", frozenset())
   assert after[batches] - before.get(batches, 0) >= 3
+  assert after[("remi_requests_in_flight", frozenset())] == 1  # the scrape
   assert after[("remi_model_version", frozenset())] == 1
   assert after[("remi_items_indexed", frozenset())] == len(
       trained[0].item_vocab)
@@ -319,7 +320,12 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(
                 f"{base}/healthz") as process:
     sender = threading.Thread(target=send_slowly)
     sender.start()
-    time.sleep(0.5)  # the request is in the service, its body unfinished
+    # Wait until the request is in the service, its body unfinished (the
+    # scrape is the other request in flight).
+    deadline = time.monotonic() + 30
+    while _samples(base)[("remi_requests_in_flight", frozenset())] < 2:
+      assert time.monotonic() < deadline, "the slow request never arrived"
+      time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     refused = httpx.post(f"{base}/v1/recommend",

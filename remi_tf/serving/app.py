@@ -327,7 +327,8 @@ def create_app(model: ServedModel,
   Once `drain` is draining, new requests get 503 (`shutdown.run` drains
   on SIGTERM).
   """
-  metrics = ServiceMetrics(model, ENDPOINTS)
+  drain = drain or Drain()
+  metrics = ServiceMetrics(model, ENDPOINTS, drain)
   batcher = RequestBatcher(model, max_batch, batch_wait_ms,
                            observe_batch=metrics.batch_size.observe)
   recommend_request, batch_request = request_models(model.current.max_k)
@@ -423,7 +424,7 @@ def create_app(model: ServedModel,
   app.add_middleware(RecommendFastPath, request_model=recommend_request,
                      batcher=batcher)
   app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-  app.add_middleware(DrainMiddleware, drain=drain or Drain(), refusal=_error(
+  app.add_middleware(DrainMiddleware, drain=drain, refusal=_error(
       503, "shutting_down", "the service is shutting down",
       headers={"connection": "close"}))
   app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost

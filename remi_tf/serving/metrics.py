@@ -8,6 +8,7 @@ import prometheus_client
 from prometheus_client import core
 
 from remi_tf.serving.reload import ServedModel
+from remi_tf.serving.shutdown import Drain
 
 # Latency buckets in seconds: a request takes milliseconds, a large batch
 # up to a second.
@@ -24,9 +25,11 @@ class ServiceMetrics:
     model: the served model, read at each scrape.
     paths: the endpoints' paths; requests to any other path are counted
       under "other" (so unknown paths cannot grow the label set).
+    drain: the service's `Drain`, whose requests in flight are a gauge.
   """
 
-  def __init__(self, model: ServedModel, paths: Iterable[str]):
+  def __init__(self, model: ServedModel, paths: Iterable[str],
+               drain: Drain):
     self.registry = prometheus_client.CollectorRegistry()
     self.paths = frozenset(paths)
     self.requests = prometheus_client.Counter(
@@ -39,6 +42,10 @@ class ServiceMetrics:
     self.batch_size = prometheus_client.Histogram(
         "remi_batch_size", "Single requests answered in one pass.",
         buckets=BATCH_BUCKETS, registry=self.registry)
+    prometheus_client.Gauge(
+        "remi_requests_in_flight", "HTTP requests begun and not yet "
+        "answered, this scrape included.", registry=self.registry
+    ).set_function(lambda: drain.in_flight)
     self.registry.register(_ModelCollector(model))
 
   def export(self) -> bytes:

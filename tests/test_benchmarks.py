@@ -257,7 +257,9 @@ def test_compare_ref_alternates_both_trees_and_profiles_this_one():
                                     "train_throughput.py"),
        *TINY_TRAINING, "--compare-ref", "HEAD", "--repeats", "2",
        "--profile", "--profile-calls", "3"],
-      capture_output=True, text=True, timeout=300, cwd=ROOT)
+      # Four benchmark processes and two worktrees: minutes on a busy
+      # machine (a deadline, not a speed check).
+      capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert process.returncode == 0, process.stderr[-3000:]
   (line,) = process.stdout.splitlines()
   result = json.loads(line)

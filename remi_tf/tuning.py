@@ -337,6 +337,18 @@ def best_trial(trials: Sequence[dict]) -> dict:
   return max(trials, key=lambda record: best_validation(record)[METRIC])
 
 
+def runner_up_within(trials: Sequence[dict], chosen: dict,
+                     margin: float) -> Optional[dict]:
+  """The best other trial whose best validation Recall@50 is within
+  `margin` of the chosen trial's, else None."""
+  others = [record for record in trials if record is not chosen]
+  if not others:
+    return None
+  runner_up = best_trial(others)
+  gap = best_validation(chosen)[METRIC] - best_validation(runner_up)[METRIC]
+  return runner_up if gap < margin else None
+
+
 def chosen_settings(base: runs.RunConfig, chosen: dict) -> dict:
   """The settings file of the chosen trial, in `train.py --config` form:
   dataset, raw file, threshold, the model with the chosen beta and lambda,
@@ -352,8 +364,10 @@ def chosen_settings(base: runs.RunConfig, chosen: dict) -> dict:
 
 def markdown(base: runs.RunConfig, stats: dict, search: Search,
              trials: Sequence[dict], chosen: dict) -> str:
-  """The search as Markdown: data, budget and rule, and one row per trial
-  with its validation Recall@50 / HR@50 (in %) at each step."""
+  """The search as Markdown: data, budget and rule, one row per trial
+  with its validation Recall@50 / HR@50 (in %) at each step, the choice,
+  and a warning when the runner-up is within one validation user's share
+  of Recall@50 of it (`runner_up_within`)."""
   steps = sorted({point["step"] for record in trials
                   for point in record["curve"]})
   header = (["beta", "lambda"] + [f"step {step}" for step in steps] +
@@ -370,6 +384,17 @@ def markdown(base: runs.RunConfig, stats: dict, search: Search,
               "yes" if record is chosen else ""]
     lines.append("| " + " | ".join(cells) + " |")
   source = os.path.basename(base.raw_file) if base.raw_file else base.dataset
+  users = min(base.train.eval_users or stats["valid_users"],
+              stats["valid_users"])
+  # A user's recall lies in [0, 1], so one user moves the mean by <= 1/users.
+  runner_up = runner_up_within(trials, chosen, 1 / users)
+  close_call = [] if runner_up is None else [
+      "",
+      f"A close call: beta {runner_up['beta']:g}, lambda "
+      f"{runner_up['rr_lambda']:g} is within one validation user's share "
+      f"of Recall@50 (1 / {users:,} = {100 / users:.2f} points) of the "
+      "chosen trial. More validation users (--eval-users) or a budget "
+      "nearer the final run's would tell them apart."]
   return "\n".join([
       f"# Tuning beta and lambda: {base.dataset} ({base.model.model})",
       "",
@@ -386,4 +411,5 @@ def markdown(base: runs.RunConfig, stats: dict, search: Search,
       "",
       f"Chosen: beta {chosen['beta']:g}, lambda {chosen['rr_lambda']:g} "
       f"(validation Recall@50 {100 * best_validation(chosen)[METRIC]:.2f}%).",
+      *close_call,
   ])

@@ -61,6 +61,26 @@ def test_search_grid_and_budget():
       tuning.Search(**bad)
 
 
+def _trial(beta, recall):
+  return {"beta": beta, "rr_lambda": 100.0, "stopped_early": False,
+          "steps": 100, "train_seconds": 1.0,
+          "curve": [{"step": 100, "recall@50": recall, "hr@50": recall}]}
+
+
+def test_table_warns_when_the_runner_up_is_within_one_validation_user():
+  stats = {"users": 1000, "items": 500, "valid_users": 50}
+  search = tuning.Search(betas=(1.0, 4.0), lambdas=(100.0,),
+                         budget_steps=100, checkpoints=1)
+  for eval_users, warned in ((None, False), (10, True)):
+    # One user is 1/50 = 2 points or 1/10 = 10 points; the gap is 3.
+    base = runs.resolve_config("csv", "log.csv", eval_users=eval_users)
+    trials = [_trial(1.0, 0.30), _trial(4.0, 0.33)]
+    chosen = tuning.best_trial(trials)
+    assert chosen["beta"] == 4.0
+    table = tuning.markdown(base, stats, search, trials, chosen)
+    assert ("A close call: beta 1, lambda 100" in table) == warned
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"beta": 1.0}, "beta is chosen by the tuning"),
     ({"max_steps": 10}, "max_steps is chosen by the tuning"),

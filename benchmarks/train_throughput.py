@@ -124,17 +124,8 @@ MEASUREMENT_FLAGS = ("items", "seq_len", "batch_size", "negatives",
                      "optimizer", "learning_rate", "beta", "rr_lambda",
                      "warmup_steps", "steps", "seed")
 PROFILE_STEPS_PER_CALL = 10
-# Routing iterations of ComiRec-DR, MIND (capsule.DynamicRouting) and UMI
-# (umi.DualAttentiveRouting).
-ROUTING_ITERATIONS = 3
-# UMI's MLP width of the user-guided attention and of the refinement's gate
-# (umi.UserGuidedAttention, umi.InterestRefinement) and its profile's fields
-# (umi.HistoryProfile: the history's mean and its last item).
-UMI_HIDDEN_UNITS, UMI_PROFILE_FIELDS = 8, 2
-# PIMIRec's largest interval, graph rounds and heads (pimirec.TIME_SPAN,
-# NUM_BLOCKS, NUM_HEADS), and the contexts each item attends to in a round
-# (previous item, itself, next item, centre, own input).
-PIMIREC_TIME_SPAN, PIMIREC_ROUNDS, PIMIREC_HEADS = 64, 3, 8
+# The contexts each PIMIRec item attends to in a graph round (previous
+# item, itself, next item, centre, own input: pimirec._neighbourhood).
 STAR_CONTEXTS = 5
 FLOAT_BYTES, COUNTER_BYTES = 4, 8
 PROBE_ARRAY_BYTES = 64 * 2**20
@@ -488,18 +479,20 @@ def _self_attentive_cost(b, n, d, k):
           "largest_matmul": (b * n, d, 4 * d)}
 
 
-def _routing_flops(n, d, k):
+def _routing_flops(n, d, k, iterations):
   """Capsule routing over u_hat [K, n, d]: per iteration the interests
   sum_n w u_hat and, but for the last, the logits u_hat . interest."""
-  return (2 * ROUTING_ITERATIONS - 1) * 2 * k * n * d
+  return (2 * iterations - 1) * 2 * k * n * d
 
 
 def _capsule_cost(b, n, d, k, shared):
   """ComiRec-DR (a d x Kd map per position) or MIND (one d x d map shared,
   tiled over K): u_hat, then the routing."""
+  from remi_tf.models import capsule  # pylint: disable=g-import-not-at-top
   out = d if shared else k * d
   return {"flops": {"u_hat": 2 * n * d * out,
-                    "routing": _routing_flops(n, d, k)},
+                    "routing": _routing_flops(n, d, k,
+                                              capsule.ROUTING_ITERATIONS)},
           "dense_parameters": d * d if shared else n * d * k * d,
           "largest_activation": k * n * d,
           "largest_matmul": (b * n, d, out)}
@@ -546,7 +539,8 @@ def _umi_cost(b, n, d, k):
   d x d maps u_ik = W_k e_i and their capsule routing, then per interest
   the refinement's gate [p; v_k] -> h -> F and mixer [gated p; v_k] ->
   d / 2 -> d (MLPs with biases)."""
-  h, fields = UMI_HIDDEN_UNITS, UMI_PROFILE_FIELDS
+  from remi_tf.models import umi  # pylint: disable=g-import-not-at-top
+  h, fields = umi.HIDDEN_UNITS, umi.HistoryProfile.num_fields
   with_profile = (fields + 1) * d
   attention = [with_profile, h, 1]
   gate = [with_profile, h, fields]
@@ -554,7 +548,8 @@ def _umi_cost(b, n, d, k):
   return {"flops": {"profile_mean": 2 * n * d,
                     "user_guided_attention": _mlp_flops(n, attention),
                     "u_hat": 2 * n * d * k * d,
-                    "routing": _routing_flops(n, d, k),
+                    "routing": _routing_flops(n, d, k,
+                                              umi.ROUTING_ITERATIONS),
                     "refinement_gate": _mlp_flops(k, gate),
                     "refinement_mix": _mlp_flops(k, mix)},
           "dense_parameters": (_mlp_parameters(attention) + d * k * d
@@ -574,8 +569,9 @@ def _pimirec_cost(b, n, d, k):
   keys and values of n + 1 nodes, dot products and sum over them,
   output); then ComiRec-SA's extraction from the graph's outputs."""
   extraction = _self_attentive_cost(b, n, d, k)
-  span, rounds = PIMIREC_TIME_SPAN + 1, PIMIREC_ROUNDS
-  width = PIMIREC_HEADS * max(1, d // PIMIREC_HEADS)
+  from remi_tf.models import pimirec  # pylint: disable=g-import-not-at-top
+  span, rounds = pimirec.TIME_SPAN + 1, pimirec.NUM_BLOCKS
+  width = pimirec.NUM_HEADS * max(1, d // pimirec.NUM_HEADS)
   satellite_projections = 2 * (n * d * 3 * width + d * 2 * width
                                + n * d * 2 * width + n * width * d)
   centre_projections = 2 * (d * width + (n + 1) * d * 2 * width + width * d)

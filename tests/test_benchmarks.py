@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_script
-from remi_tf.models import capsule, pimirec, umi
 
 
 def test_training_throughput_compares_table_sizes_in_one_run():
@@ -149,22 +148,6 @@ def test_pimirec_extracts_as_comirec_sa_after_its_graph(throughput):
       2 * terms["interval_pooling"])
   assert longer["forward_flops_by_term"]["star_projections"] == pytest.approx(
       2 * terms["star_projections"], rel=0.02)
-
-
-def test_the_cost_constants_are_the_towers_defaults(throughput):
-  assert (throughput.ROUTING_ITERATIONS
-          == capsule.comirec_dr(4, 20).iterations
-          == umi.DualAttentiveRouting(4, 20).iterations)
-  assert (throughput.UMI_HIDDEN_UNITS
-          == umi.UserGuidedAttention().hidden_units
-          == umi.InterestRefinement(umi.HistoryProfile.num_fields)
-          .hidden_units)
-  assert throughput.UMI_PROFILE_FIELDS == umi.HistoryProfile.num_fields
-  tower = pimirec.PIMIRec(4, 20)
-  assert (throughput.PIMIREC_TIME_SPAN, throughput.PIMIREC_ROUNDS,
-          throughput.PIMIREC_HEADS) == (
-              tower.time_span, tower.interaction.num_blocks,
-              tower.interaction.num_heads)
 
 
 @pytest.mark.parametrize("model", ["comirec-sa", "re4", "umi", "pimirec"])

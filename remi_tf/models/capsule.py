@@ -19,6 +19,9 @@ its book dataset only).
 
 import tensorflow as tf
 
+# Routing iterations of ComiRec-DR and MIND, as the REMI reference code.
+ROUTING_ITERATIONS = 3
+
 
 def routing_weights(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
   """Softmax over all positions, then padding zeroed (the reference's).
@@ -110,7 +113,7 @@ class DynamicRouting(tf.keras.layers.Layer):
   """
 
   def __init__(self, predictor: tf.keras.layers.Layer, num_interests: int,
-               seq_len: int, iterations: int = 3, random_init: bool = False,
+               seq_len: int, iterations: int = ROUTING_ITERATIONS, random_init: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.predictor = predictor

@@ -30,6 +30,11 @@ import tensorflow as tf
 
 from remi_tf.models.capsule import squash
 
+# The width of the user-guided attention's and of the refinement gate's
+# hidden layers, and the routing iterations (the UMI code).
+HIDDEN_UNITS = 8
+ROUTING_ITERATIONS = 3
+
 
 class HistoryProfile(tf.keras.layers.Layer):
   """The stand-in for the user profile, from the history alone.
@@ -61,7 +66,7 @@ class UserGuidedAttention(tf.keras.layers.Layer):
     hidden_units: width of W1 (8 in the UMI code).
   """
 
-  def __init__(self, hidden_units: int = 8, **kwargs):
+  def __init__(self, hidden_units: int = HIDDEN_UNITS, **kwargs):
     super().__init__(**kwargs)
     self.hidden_units = hidden_units
 
@@ -108,7 +113,7 @@ class DualAttentiveRouting(tf.keras.layers.Layer):
   trained), so that the same history always gets the same interests.
   """
 
-  def __init__(self, num_interests: int, seq_len: int, iterations: int = 3,
+  def __init__(self, num_interests: int, seq_len: int, iterations: int = ROUTING_ITERATIONS,
                **kwargs):
     super().__init__(**kwargs)
     self.num_interests = num_interests
@@ -167,7 +172,7 @@ class InterestRefinement(tf.keras.layers.Layer):
     hidden_units: width of W3 (8 in the UMI code).
   """
 
-  def __init__(self, num_fields: int, hidden_units: int = 8, **kwargs):
+  def __init__(self, num_fields: int, hidden_units: int = HIDDEN_UNITS, **kwargs):
     super().__init__(**kwargs)
     self.num_fields = num_fields
     self.hidden_units = hidden_units

@@ -94,10 +94,8 @@ class LazyAdam(tf.keras.optimizers.Adam):
     self._sparse_keys.add(self._var_key(variable))
     m, v, last_step = self._state(variable)
     step = tf.cast(self.iterations + 1, tf.int64)
-    rows, position = tf.unique(gradient.indices)
-    rows = tf.cast(rows, tf.int64)
-    values = tf.math.unsorted_segment_sum(gradient.values, position,
-                                          tf.shape(rows)[0])
+    # Keras's apply_gradients has already summed repeated rows.
+    rows, values = tf.cast(gradient.indices, tf.int64), gradient.values
     m_rows, v_rows = tf.gather(m, rows), tf.gather(v, rows)
     skipped = tf.maximum(step - tf.gather(last_step, rows) - 1, 0)
     movement, m_decay, v_decay = self._pending(m_rows, v_rows, skipped, dtype)

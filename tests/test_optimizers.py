@@ -45,6 +45,25 @@ def test_a_sparse_step_touches_only_the_batch_rows():
   assert np.all(m[[0, 2, 3, 5]] == 0.0)
 
 
+def test_a_repeated_row_gets_its_summed_gradient_as_dense_adam():
+  rows = [1, 4, 4, 0, 4]
+  weights = np.arange(1, 16, dtype=np.float32).reshape(5, 3)
+  tables = {}
+  for optimizer in (LazyAdam(0.1), tf.keras.optimizers.Adam(0.1)):
+    table = tf.Variable(np.ones((6, 3), np.float32))
+    # Two steps: Adam's first step has the same size whatever the gradient's.
+    for power in (1, 2):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.gather(table, rows) * weights**power)
+      gradient = tape.gradient(loss, table)
+      if not isinstance(optimizer, LazyAdam):
+        gradient = tf.convert_to_tensor(gradient)
+      optimizer.apply_gradients([(gradient, table)])
+    tables[type(optimizer)] = table.numpy()
+  np.testing.assert_allclose(tables[LazyAdam],
+                             tables[tf.keras.optimizers.Adam], atol=1e-5)
+
+
 def test_catch_up_follows_dense_adam():
   start, dense = _fit(tf.keras.optimizers.Adam(0.01), 600)
   _, caught_up = _fit(LazyAdam(0.01), 600)

@@ -11,7 +11,7 @@ from remi_tf import config, training
 from remi_tf.data import parsing, preprocess
 from remi_tf.models import build_user_tower, capsule
 from remi_tf.models.capsule import routing_weights, squash
-from remi_tf.models.self_attentive import masked_softmax
+from remi_tf.models.self_attentive import masked_softmax, narrow_matmul
 
 NUM_ITEMS, SEQ_LEN, DIM = 50, 8, 16
 MODELS = [m for m in config.MODELS if m != "pop"]
@@ -117,6 +117,22 @@ def test_comirec_sa_routing_is_the_masked_softmax_of_its_mlp_everywhere():
   np.testing.assert_allclose(routings[0], routings[1], rtol=1e-5, atol=1e-6)
   for ours, formula in zip(*gradients):
     np.testing.assert_allclose(ours, formula, rtol=1e-4, atol=1e-6)
+
+
+def test_narrow_matmul_has_matmuls_value_and_gradients():
+  rng = np.random.default_rng(0)
+  inputs = tf.constant(rng.normal(size=(7, 5)), tf.float32)
+  kernel = tf.constant(rng.normal(size=(5, 3)), tf.float32)
+  upstream = tf.constant(rng.normal(size=(7, 3)), tf.float32)
+  results = []
+  for product in (narrow_matmul, tf.matmul):
+    with tf.GradientTape() as tape:
+      tape.watch([inputs, kernel])
+      value = product(inputs, kernel)
+    results.append([value, *tape.gradient(value, [inputs, kernel],
+                                          output_gradients=upstream)])
+  for ours, matmul in zip(*results):
+    np.testing.assert_allclose(ours, matmul, rtol=1e-5, atol=1e-6)
 
 
 def test_position_embeddings_enter_routing_only():

@@ -10,6 +10,36 @@ import tensorflow as tf
 _PADDING_LOGIT = -2.0**32 + 1
 
 
+@tf.custom_gradient
+def narrow_matmul(inputs: tf.Tensor, kernel: tf.Tensor):
+  """inputs [R, h] @ kernel [h, k] for a narrow k, with a faster gradient.
+
+  TensorFlow's gradient of the kernel, inputs^T @ upstream, is a [h, R] x
+  [R, k] product that its CPU MatMul runs about 3.5x slower than the same
+  product written as (upstream^T @ inputs)^T, whose output rows are long
+  (ComiRec-SA's w2 at Gowalla shapes: 3.1 against 0.85 ms on one core).
+  The values are the same products, summed in another order.
+  """
+  def gradient(upstream):
+    return (tf.matmul(upstream, tf.transpose(kernel)),
+            tf.transpose(tf.matmul(upstream, inputs, transpose_a=True)))
+  return tf.matmul(inputs, kernel), gradient
+
+
+class NarrowDense(tf.keras.layers.Dense):
+  """A bias-free, linear `Dense` to few units, through `narrow_matmul`.
+
+  Its weights are those of the `Dense` it replaces (kernel [h, units]), so
+  checkpoints are unchanged. Inputs are [R, h].
+  """
+
+  def __init__(self, units: int, **kwargs):
+    super().__init__(units, use_bias=False, **kwargs)
+
+  def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    return narrow_matmul(inputs, self.kernel)
+
+
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
   """Softmax over the last axis with masked-out entries at exactly 0.
 
@@ -42,8 +72,7 @@ class SelfAttentiveRouting(tf.keras.layers.Layer):
     self.hidden = tf.keras.layers.Dense(dim * self.hidden_factor,
                                         activation="tanh", use_bias=False,
                                         name="w1")
-    self.logits = tf.keras.layers.Dense(self.num_interests, use_bias=False,
-                                        name="w2")
+    self.logits = NarrowDense(self.num_interests, name="w2")
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

@@ -264,6 +264,9 @@ def measure(args) -> dict:
   """The benchmark in this process: every (size, variant) fitted, then
   the profile and roofline if asked. Returns the JSON line's figures."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from remi_tf import threads  # pylint: disable=g-import-not-at-top
+  # The thread pools the training pipelines set (train.py, reproduce.py).
+  inter_op, intra_op = threads.configure()
   tf.keras.utils.set_random_seed(args.seed)
   variants = {"plain": (0.0, 0.0), "remi": (args.beta, args.rr_lambda)}
   models, streams, warmup_seconds = {}, {}, {}
@@ -321,6 +324,7 @@ def measure(args) -> dict:
       "by_items": by_items if several else None,
       "remi_rate_ratio_by_items": ratios if several else None,
       "profile": profile,
+      "tensorflow_threads": {"inter_op": inter_op, "intra_op": intra_op},
       "roofline": (roofline(args, figures["samples_per_second_remi"])
                    if args.roofline else None),
       "targets": {**_common.describe_targets(targets),
@@ -710,17 +714,21 @@ def step_cost(args) -> dict:
 
 
 def matmul_flops_per_second(shape) -> float:
-  """float32 FLOP/s of a TensorFlow matmul [m, k] x [k, n] (its default
-  threads: all cores), the best of several timed calls."""
+  """float32 FLOP/s of TensorFlow matmuls [m, k] x [k, n] on all cores, the
+  best of several timed calls: the m rows split in one matmul per core, run
+  at once, so the figure does not depend on the thread pools' split
+  between concurrent ops and threads per op (`remi_tf.threads`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   m, k, n = shape
   rng = np.random.default_rng(0)
-  left = tf.constant(rng.standard_normal((m, k), np.float32))
+  lefts = [tf.constant(rows) for rows in np.array_split(
+      rng.standard_normal((m, k), np.float32),
+      len(os.sched_getaffinity(0)))]
   right = tf.constant(rng.standard_normal((k, n), np.float32))
-  matmul = tf.function(tf.matmul)
+  matmuls = tf.function(lambda: [tf.matmul(left, right) for left in lefts])
   calls = 4 * PROBE_RUNS
-  seconds = _common.time_calls(lambda _: matmul(left, right),
-                               [None] * calls, warmup=PROBE_RUNS)
+  seconds = _common.time_calls(lambda _: matmuls(), [None] * calls,
+                               warmup=PROBE_RUNS)
   return 2.0 * m * k * n / float(seconds.min())
 
 

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
 cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
-from remi_tf import config, report  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf import config, report, threads  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> int:
@@ -45,10 +46,12 @@ def main(argv=None) -> int:
   parser.add_argument("--output", help="default reports/<dataset>, or "
                       "reports/<dataset>-<study> for another study")
   cli.add_cache_flag(parser)
+  cli.add_thread_flags(parser)
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   logging.getLogger("remi_tf").setLevel(logging.INFO)
+  threads.configure(args.inter_op_threads, args.intra_op_threads)
   eval_every = args.eval_every or max(1, min(1000, args.max_steps // 10))
   budget = {"max_steps": args.max_steps, "eval_every": eval_every,
             "patience": args.patience, "seed": args.seed}
@@ -58,10 +61,14 @@ def main(argv=None) -> int:
     report.study_rows(args.dataset, args.study, args.only)  # before training
   except ValueError as error:
     parser.error(str(error))
-  path = report.write_report(args.dataset, args.raw_file,
-                             args.output or os.path.join("reports",
-                                                         default_output),
-                             budget, args.cache_dir, args.study, args.only)
+  try:
+    path = report.write_report(
+        args.dataset, args.raw_file,
+        args.output or os.path.join("reports", default_output), budget,
+        args.cache_dir, args.study, args.only)
+  except INPUT_ERRORS as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   with open(path) as written:
     print(written.read())
   return 0

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
 cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
-from remi_tf import config, distribute, layout, runs  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf import config, distribute, layout, runs, threads  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -101,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--export-dir", help="default saved_models/<dataset>")
   parser.add_argument("--no-export", action="store_true")
   cli.add_cache_flag(parser)
+  cli.add_thread_flags(parser)
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
@@ -128,6 +129,7 @@ def train(args: argparse.Namespace) -> int:
   if task.serves:
     distribute.serve(task)
     return 0
+  threads.configure(args.inter_op_threads, args.intra_op_threads)
   run_config = runs.resolve_config(**cli.run_settings(args))
   run_dir = args.output or runs.default_run_dir(run_config)
   export_dir = None if args.no_export else (

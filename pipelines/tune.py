@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remi_tf import cli  # noqa: E402  pylint: disable=wrong-import-position
 cli.configure_logging()  # reads --verbose; must run before TensorFlow loads
-from remi_tf import config, tuning  # noqa: E402  pylint: disable=wrong-import-position
+from remi_tf import config, threads, tuning  # noqa: E402  pylint: disable=wrong-import-position
 from remi_tf.data import INPUT_ERRORS  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "(default %(default)s)")
   parser.add_argument("--output", help="default tuning/<dataset>")
   cli.add_cache_flag(parser)
+  cli.add_thread_flags(parser)
   cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
@@ -70,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   logging.getLogger("remi_tf").setLevel(logging.INFO)
   args = parse_args(argv)
+  threads.configure(args.inter_op_threads, args.intra_op_threads)
   try:
     settings = cli.run_settings(args)
     search = tuning.Search(

@@ -57,6 +57,28 @@ def add_cache_flag(parser: argparse.ArgumentParser) -> None:
                       "(default $REMI_TF_HOME or ~/.cache/remi-tf)")
 
 
+def _threads(value: str) -> int:
+  """argparse type of a thread count: an int >= 0."""
+  try:
+    count = int(value)
+  except ValueError:
+    count = -1
+  if count < 0:
+    raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value!r}")
+  return count
+
+
+def add_thread_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds `--inter-op-threads` and `--intra-op-threads`, TensorFlow's CPU
+  thread pools for training (`remi_tf.threads.configure`)."""
+  for name, what in (("inter", "ops run at once"),
+                     ("intra", "threads of each op")):
+    parser.add_argument(
+        f"--{name}-op-threads", type=_threads, metavar="N",
+        help=f"TensorFlow's {what} (default: two ops at once, sharing the "
+        "cores; 0: TensorFlow's own default)")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
   """Adds `--verbose` (read earlier by `configure_logging`) to a parser, so
   that it is accepted and listed in `--help`."""

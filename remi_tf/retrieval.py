@@ -175,7 +175,8 @@ def exact_top_n_by_columns(interests: tf.Tensor, item_columns: tf.Tensor,
   (`evaluation.rank_by_interests`)."""
   batch, num_interests = tf.shape(interests)[0], tf.shape(interests)[1]
   num_rows = tf.shape(item_columns)[1]
-  scores = tf.matmul(tf.reshape(interests, [batch * num_interests, -1]),
+  scores = tf.matmul(tf.reshape(interests, [batch * num_interests,
+                                            tf.shape(item_columns)[0]]),
                      item_columns)
   best = tf.reduce_max(tf.reshape(scores, [batch, num_interests, num_rows]),
                        axis=1)

@@ -134,6 +134,19 @@ def test_exact_top_n_equals_brute_force_max_over_interests():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 7])
+def test_ranking_in_batches_of_any_size_equals_brute_force(batch_size):
+  rng = np.random.default_rng(2)
+  interests = rng.normal(size=(7, 4, 8)).astype(np.float32)
+  table = rng.normal(size=(120, 8)).astype(np.float32)
+  histories = np.arange(7)[:, None]  # row u: user u
+  ranked = evaluation.rank_by_interests(lambda batch, _: interests[batch[:, 0]], table,
+                             histories, 20, batch_size)
+  for user in range(7):
+    np.testing.assert_array_equal(
+        ranked[user], _brute_force(interests[user], table, 20)[0])
+
+
 def test_exact_top_n_with_exclusions_and_a_small_catalog():
   rng = np.random.default_rng(1)
   interests = rng.normal(size=(3, 2, 4)).astype(np.float32)

@@ -119,6 +119,22 @@ def test_comirec_sa_routing_is_the_masked_softmax_of_its_mlp_everywhere():
     np.testing.assert_allclose(ours, formula, rtol=1e-4, atol=1e-6)
 
 
+def test_history_embedding_looks_up_only_the_real_positions():
+  tower = _tower("comirec-sa")
+  histories = _histories()
+  table = tower.item_table()
+  with tf.GradientTape() as tape:
+    embedded = tower.embed_history(histories)
+    total = tf.reduce_sum(embedded * tf.range(1.0, DIM + 1))
+  np.testing.assert_array_equal(
+      embedded, tf.gather(table, histories) *
+      tf.cast(histories > 0, tf.float32)[..., None])
+  gradient = tape.gradient(total, table)
+  assert isinstance(gradient, tf.IndexedSlices)
+  np.testing.assert_array_equal(np.sort(gradient.indices),
+                                np.sort(histories.numpy()[histories > 0]))
+
+
 def test_narrow_matmul_has_matmuls_value_and_gradients():
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.normal(size=(7, 5)), tf.float32)

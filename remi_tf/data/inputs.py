@@ -82,8 +82,10 @@ def training_dataset(split: UserSequences, seq_len: int, batch_size: int,
   # on 2 cores), so it is off and a short fixed prefetch suffices.
   options = tf.data.Options()
   options.autotune.enabled = False
-  return (tf.data.Dataset.counter(start=start_step).map(make_batch)
-          .prefetch(4).with_options(options))
+  # range, not Dataset.counter: counter is a scan, which calls a function
+  # for every step (0.7 ms of a core per Gowalla-sized batch).
+  return (tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+          .map(make_batch).prefetch(4).with_options(options))
 
 
 @dataclasses.dataclass(frozen=True)

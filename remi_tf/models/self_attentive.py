@@ -21,7 +21,7 @@ def narrow_matmul(inputs: tf.Tensor, kernel: tf.Tensor):
   The values are the same products, summed in another order.
   """
   def gradient(upstream):
-    return (tf.matmul(upstream, tf.transpose(kernel)),
+    return (tf.matmul(upstream, kernel, transpose_b=True),
             tf.transpose(tf.matmul(upstream, inputs, transpose_a=True)))
   return tf.matmul(inputs, kernel), gradient
 

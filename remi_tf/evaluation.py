@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from remi_tf import threads
 from remi_tf.data.inputs import EvaluationExamples
 from remi_tf.retrieval import exact_top_n_by_columns, is_member_of_row
 
@@ -130,12 +131,9 @@ def rank_by_interests(
 
 @tf.function(reduce_retracing=True)
 def _top_ids(interests, item_columns, n):
-  # The batch's two halves as independent ops, which TensorFlow runs at
-  # once: both cores work even with one thread per op (remi_tf.threads).
-  first = tf.shape(interests)[0] // 2
-  return tf.concat([
-      exact_top_n_by_columns(half, item_columns, n)[0]
-      for half in (interests[:first], interests[first:])], axis=0)
+  return threads.in_halves(
+      lambda half: exact_top_n_by_columns(half, item_columns, n)[0],
+      interests)
 
 
 def recommend(tower: tf.keras.Model, histories: np.ndarray, n: int,

@@ -16,7 +16,7 @@ be set before that: the training pipelines call `configure` first thing.
 
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import tensorflow as tf
 
@@ -61,3 +61,32 @@ def configure(inter_op: Optional[int] = None,
   logger.info("TensorFlow threads: %s inter-op, %s intra-op (%d cores)",
               *[count or "default" for count in threads], cores)
   return threads
+
+
+Tensors = Union[tf.Tensor, Tuple[tf.Tensor, ...]]
+
+
+def in_halves(function: Callable[..., Tensors], *tensors: tf.Tensor
+              ) -> Tensors:
+  """`function(*tensors)` on the first and on the second half of the rows,
+  concatenated.
+
+  The halves are independent ops, which TensorFlow runs at once on its two
+  inter-op threads, so work that is one long op (evaluation's scoring of a
+  batch against the catalog) uses two cores even with one thread per op
+  (`training_threads` on 2 cores).
+
+  Args:
+    function: maps tensors of r rows [r, ...] to a tensor or a tuple of
+      tensors of r rows, each row from the same rows of its inputs.
+    *tensors: tensors with the same number of rows.
+
+  Returns:
+    What `function(*tensors)` returns, computed in two halves.
+  """
+  half = tf.shape(tensors[0])[0] // 2
+  first = function(*[tensor[:half] for tensor in tensors])
+  second = function(*[tensor[half:] for tensor in tensors])
+  if isinstance(first, tuple):
+    return tuple(tf.concat(pair, axis=0) for pair in zip(first, second))
+  return tf.concat([first, second], axis=0)

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import ROOT, pipeline_main
 from remi_tf import threads
@@ -15,6 +17,26 @@ from remi_tf import threads
     (1, (1, 1)), (2, (2, 1)), (3, (2, 1)), (4, (2, 2)), (16, (2, 8))])
 def test_two_ops_at_once_share_the_cores(cores, expected):
   assert threads.training_threads(cores) == expected
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+def test_in_halves_computes_what_one_call_computes(rows):
+  values = tf.reshape(tf.range(rows * 3, dtype=tf.float32), [rows, 3])
+  weights = tf.range(rows, dtype=tf.float32) + 1
+  calls = []
+
+  def function(values, weights):
+    calls.append(int(tf.shape(values)[0]))
+    return tf.cumsum(values, axis=1) * weights[:, None], weights * 2
+
+  whole = function(values, weights)
+  calls.clear()
+  halves = threads.in_halves(function, values, weights)
+  assert calls == [rows // 2, rows - rows // 2]
+  for ours, expected in zip(halves, whole):
+    np.testing.assert_array_equal(ours, expected)
+  single = threads.in_halves(lambda values: values * 2, values)
+  np.testing.assert_array_equal(single, values * 2)
 
 
 def _configure_in_a_fresh_process(call: str):

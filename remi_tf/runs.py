@@ -136,7 +136,7 @@ def is_complete(run_config: RunConfig, run_dir: str,
     ValueError: `run_dir` holds a run with another configuration.
     layout.ModelFolderError: `export_dir` is not an export folder.
   """
-  _check_config(run_config, run_dir)
+  check_config(run_config, run_dir)
   if not os.path.exists(os.path.join(run_dir, training.METRICS_FILE)):
     return False
   return export_dir is None or _exported_version(run_dir,
@@ -174,7 +174,7 @@ def train_run(run_config: RunConfig, run_dir: str,
     Whatever loading the dataset raises (`remi_tf.data.INPUT_ERRORS`);
     the dataset is loaded before anything is written.
   """
-  _check_config(run_config, run_dir)
+  check_config(run_config, run_dir)
   dataset = run_dataset(run_config, cache_dir)
   identity = _open_run_folder(run_config, run_dir) if task.is_chief else None
   metrics_path = os.path.join(run_dir, training.METRICS_FILE)
@@ -231,12 +231,19 @@ def _exported_version(run_dir: str, export_dir: str) -> Optional[int]:
                                                                identity)
 
 
-def _check_config(run_config: RunConfig, run_dir: str) -> None:
-  """Raises ValueError if `run_dir` holds a run of another configuration."""
-  stored = training.read_json(os.path.join(run_dir, training.CONFIG_FILE))
+def check_config(run_config: RunConfig, folder: str,
+                 holding: str = "a run") -> Optional[dict]:
+  """The configuration stored in a run (or trial) folder, None if none.
+
+  Raises:
+    ValueError: `folder` holds `holding` of another configuration than
+      `run_config` (`RunConfig.matches`).
+  """
+  stored = training.read_json(os.path.join(folder, training.CONFIG_FILE))
   if stored is not None and not run_config.matches(stored):
-    raise ValueError(f"{run_dir} holds a run with another configuration; "
+    raise ValueError(f"{folder} holds {holding} with another configuration; "
                      "choose another --output")
+  return stored
 
 
 def _open_run_folder(run_config: RunConfig, run_dir: str) -> str:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def training_threads(cpu_count: int) -> Tuple[int, int]:
   """(inter-op, intra-op) threads for training on `cpu_count` cores: two
-  concurrent ops (one on a single core), their product the core count."""
+  concurrent ops (one on a single core), together on at most all cores."""
   inter_op = min(2, max(cpu_count, 1))
   return inter_op, max(1, cpu_count // inter_op)
 

@@ -281,17 +281,14 @@ def run_trial(run_config: runs.RunConfig, dataset: ProcessedDataset,
   Raises:
     ValueError: `trial_dir` holds a trial of another configuration.
   """
-  config_path = os.path.join(trial_dir, training.CONFIG_FILE)
-  stored = training.read_json(config_path)
-  if stored is not None and not run_config.matches(stored):
-    raise ValueError(f"{trial_dir} holds a trial with another configuration; "
-                     "choose another --output")
+  stored = runs.check_config(run_config, trial_dir, "a trial")
   record = training.read_json(os.path.join(trial_dir, TRIAL_FILE))
   if record is not None:
     return record
   os.makedirs(trial_dir, exist_ok=True)
   if stored is None:
-    training.write_json(config_path, run_config.to_json())
+    training.write_json(os.path.join(trial_dir, training.CONFIG_FILE),
+                        run_config.to_json())
   curve = dict(_recall_curve(training.read_history(trial_dir)))
   max_steps = run_config.train.max_steps
   if curve and max(curve) < max_steps and rule.stops(sorted(curve.items()),

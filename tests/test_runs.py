@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import BOOKS_SLICE, ROOT, TINY_RUN_FLAGS, run_pipeline
 from remi_tf import evaluation, layout, runs, training
 
@@ -169,3 +171,16 @@ def test_run_of_an_older_version_without_a_newer_setting_still_resumes(
                                candidate_scoring="max-interest")
   assert runs.default_run_dir(harder, str(tmp_path)) != str(folder)
   assert not run_config.matches({"not": "a run config"})
+
+
+def test_a_folder_of_another_configuration_is_refused(tmp_path):
+  run_config = runs.resolve_config("csv", "x.csv", max_steps=10)
+  assert runs.check_config(run_config, str(tmp_path)) is None
+  training.write_json(str(tmp_path / training.CONFIG_FILE),
+                      run_config.to_json())
+  assert runs.check_config(run_config, str(tmp_path)) == run_config.to_json()
+  other = runs.resolve_config("csv", "x.csv", max_steps=10, seed=1)
+  with pytest.raises(ValueError, match="holds a trial with another"):
+    runs.check_config(other, str(tmp_path), "a trial")
+  with pytest.raises(ValueError, match="holds a run with another"):
+    runs.is_complete(other, str(tmp_path))

@@ -34,7 +34,7 @@ class NarrowDense(tf.keras.layers.Dense):
   """
 
   def __init__(self, units: int, **kwargs):
-    super().__init__(units, use_bias=False, **kwargs)
+    super().__init__(units, **{**kwargs, "use_bias": False})
 
   def call(self, inputs: tf.Tensor) -> tf.Tensor:
     return narrow_matmul(inputs, self.kernel)

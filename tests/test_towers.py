@@ -205,6 +205,44 @@ def test_capsule_routing_keeps_its_gradient(model):
                            for g in gradients)
 
 
+class _TiledPredictions(tf.keras.layers.Layer):
+  """A shared predictor's u_hat copied for each of K interests, as MIND's
+  reference builds it."""
+
+  SUBSCRIPTS = "bknd"
+
+  def __init__(self, shared, num_interests):
+    super().__init__()
+    self.shared = shared
+    self.num_interests = num_interests
+
+  def call(self, history):
+    return tf.tile(self.shared(history)[:, None],
+                   [1, self.num_interests, 1, 1])
+
+
+def test_mind_routes_one_shared_prediction_as_k_copies():
+  tower = _tower("mind")
+  histories = _histories()
+  mind = tower.encoder
+  copies = capsule.DynamicRouting(
+      _TiledPredictions(mind.predictor, mind.num_interests),
+      mind.num_interests, SEQ_LEN, random_init=True)
+  embedded = tower.embed_history(histories)
+  mask = tf.cast(histories > 0, tf.float32)
+  copies(embedded, mask)
+  copies.initial_logits.assign(mind.initial_logits)
+  results = []
+  for encoder in (mind, copies):
+    with tf.GradientTape() as tape:
+      interests, routing = encoder(embedded, mask)
+      total = tf.reduce_sum(interests) + tf.reduce_sum(tf.square(routing))
+    results.append([interests, routing, *tape.gradient(
+        total, mind.predictor.trainable_variables)])
+  for shared, tiled in zip(*results):
+    np.testing.assert_allclose(shared, tiled, rtol=1e-5, atol=1e-6)
+
+
 def _mean_interest_cosine(tower, histories):
   interests = tower(histories)["interests"].numpy()
   unit = interests / np.linalg.norm(interests, axis=-1, keepdims=True)

@@ -47,6 +47,8 @@ def squash(vectors: tf.Tensor) -> tf.Tensor:
 class PerPositionBilinear(tf.keras.layers.Layer):
   """ComiRec-DR's u_hat: a separate d x (K d) map for every position.
 
+  Its predictions are [B, K, n, d] (`SUBSCRIPTS`, for the routing's einsums).
+
   The maps start from N(0, 1), as the original ComiRec code
   (`tf.random_normal_initializer()`). With the reference's routing (padding
   zeroed, not renormalised) a Glorot start (std about 0.02) gives
@@ -54,6 +56,8 @@ class PerPositionBilinear(tf.keras.layers.Layer):
   near zero and the tower does not train on short histories (Recall@50 0.3%
   on amazon-books-38k at 5,000 steps, Pop 4.5%).
   """
+
+  SUBSCRIPTS = "bknd"
 
   def __init__(self, num_interests: int, seq_len: int, **kwargs):
     super().__init__(**kwargs)
@@ -78,7 +82,11 @@ class PerPositionBilinear(tf.keras.layers.Layer):
 
 class SharedBilinear(tf.keras.layers.Layer):
   """MIND's u_hat: one shared d x d map, the same prediction for every
-  interest."""
+  interest, so it is kept once: [B, n, d] (`SUBSCRIPTS`). Routing with it
+  is routing with K copies, without building them or their gradients
+  (with REMI's regularizer, its gradient runs through every iteration)."""
+
+  SUBSCRIPTS = "bnd"
 
   def __init__(self, num_interests: int, **kwargs):
     super().__init__(**kwargs)
@@ -90,16 +98,16 @@ class SharedBilinear(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, history: tf.Tensor) -> tf.Tensor:
-    """history float [B, n, d] -> u_hat float [B, K, n, d]."""
-    predictions = self.map(history)[:, None]
-    return tf.tile(predictions, [1, self.num_interests, 1, 1])
+    """history float [B, n, d] -> u_hat float [B, n, d], every interest's."""
+    return self.map(history)
 
 
 class DynamicRouting(tf.keras.layers.Layer):
   """Capsule routing from u_hat to K interest capsules.
 
   Args:
-    predictor: the layer giving u_hat [B, K, n, d] from the history.
+    predictor: the layer giving u_hat from the history, [B, K, n, d] or,
+      the same for every interest, [B, n, d]: its `SUBSCRIPTS`.
     num_interests: K.
     seq_len: n.
     iterations: routing iterations (3).
@@ -138,18 +146,21 @@ class DynamicRouting(tf.keras.layers.Layer):
       iteration's weights; rows sum to at most 1).
     """
     predictions = self.predictor(history)
+    subscripts = self.predictor.SUBSCRIPTS
+    pool = f"bkn,{subscripts}->bkd"  # routing-weighted sum of predictions
+    agreement = f"{subscripts},bkd->bkn"  # each prediction . its interest
     frozen = tf.stop_gradient(predictions)
     logits = tf.tile(self.initial_logits[None], [tf.shape(history)[0], 1, 1])
     mask = mask[:, None, :]
     for iteration in range(self.iterations):
       routing = routing_weights(logits, mask)
       if iteration == self.iterations - 1:
-        interests = squash(tf.einsum("bkn,bknd->bkd",
-                                     tf.stop_gradient(routing), predictions))
+        interests = squash(tf.einsum(pool, tf.stop_gradient(routing),
+                                     predictions))
       else:
         interests = tf.stop_gradient(
-            squash(tf.einsum("bkn,bknd->bkd", routing, frozen)))
-        logits += tf.einsum("bknd,bkd->bkn", predictions, interests)
+            squash(tf.einsum(pool, routing, frozen)))
+        logits += tf.einsum(agreement, predictions, interests)
     return interests, routing
 
 

@@ -119,22 +119,6 @@ def test_comirec_sa_routing_is_the_masked_softmax_of_its_mlp_everywhere():
     np.testing.assert_allclose(ours, formula, rtol=1e-4, atol=1e-6)
 
 
-def test_history_embedding_looks_up_only_the_real_positions():
-  tower = _tower("comirec-sa")
-  histories = _histories()
-  table = tower.item_table()
-  with tf.GradientTape() as tape:
-    embedded = tower.embed_history(histories)
-    total = tf.reduce_sum(embedded * tf.range(1.0, DIM + 1))
-  np.testing.assert_array_equal(
-      embedded, tf.gather(table, histories) *
-      tf.cast(histories > 0, tf.float32)[..., None])
-  gradient = tape.gradient(total, table)
-  assert isinstance(gradient, tf.IndexedSlices)
-  np.testing.assert_array_equal(np.sort(gradient.indices),
-                                np.sort(histories.numpy()[histories > 0]))
-
-
 def test_narrow_matmul_has_matmuls_value_and_gradients():
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.normal(size=(7, 5)), tf.float32)
@@ -228,8 +212,8 @@ def test_mind_routes_one_shared_prediction_as_k_copies():
   copies = capsule.DynamicRouting(
       _TiledPredictions(mind.predictor, mind.num_interests),
       mind.num_interests, SEQ_LEN, random_init=True)
-  embedded = tower.embed_history(histories)
   mask = tf.cast(histories > 0, tf.float32)
+  embedded = tf.gather(tower.item_table(), histories) * mask[..., None]
   copies(embedded, mask)
   copies.initial_logits.assign(mind.initial_logits)
   results = []

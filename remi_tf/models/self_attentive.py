@@ -37,7 +37,9 @@ class NarrowDense(tf.keras.layers.Dense):
     super().__init__(units, **{**kwargs, "use_bias": False})
 
   def call(self, inputs: tf.Tensor) -> tf.Tensor:
-    return narrow_matmul(inputs, self.kernel)
+    # The kernel's value, read here: a distributed variable read inside
+    # the custom gradient would count as a variable that it must handle.
+    return narrow_matmul(inputs, tf.convert_to_tensor(self.kernel))
 
 
 def masked_softmax(logits: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

@@ -16,7 +16,7 @@ be set before that: the training pipelines call `configure` first thing.
 
 import logging
 import os
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -63,12 +63,9 @@ def configure(inter_op: Optional[int] = None,
   return threads
 
 
-Tensors = Union[tf.Tensor, Tuple[tf.Tensor, ...]]
-
-
-def in_halves(function: Callable[..., Tensors], *tensors: tf.Tensor
-              ) -> Tensors:
-  """`function(*tensors)` on the first and on the second half of the rows,
+def in_halves(function: Callable[[tf.Tensor], tf.Tensor],
+              rows: tf.Tensor) -> tf.Tensor:
+  """`function(rows)` on the first and on the second half of the rows,
   concatenated.
 
   The halves are independent ops, which TensorFlow runs at once on its two
@@ -77,16 +74,12 @@ def in_halves(function: Callable[..., Tensors], *tensors: tf.Tensor
   (`training_threads` on 2 cores).
 
   Args:
-    function: maps tensors of r rows [r, ...] to a tensor or a tuple of
-      tensors of r rows, each row from the same rows of its inputs.
-    *tensors: tensors with the same number of rows.
+    function: maps r rows [r, ...] to r rows [r, ...], each output row from
+      the same input row.
+    rows: float [R, ...].
 
   Returns:
-    What `function(*tensors)` returns, computed in two halves.
+    `function(rows)`, computed in two halves.
   """
-  half = tf.shape(tensors[0])[0] // 2
-  first = function(*[tensor[:half] for tensor in tensors])
-  second = function(*[tensor[half:] for tensor in tensors])
-  if isinstance(first, tuple):
-    return tuple(tf.concat(pair, axis=0) for pair in zip(first, second))
-  return tf.concat([first, second], axis=0)
+  half = tf.shape(rows)[0] // 2
+  return tf.concat([function(rows[:half]), function(rows[half:])], axis=0)

@@ -22,21 +22,17 @@ def test_two_ops_at_once_share_the_cores(cores, expected):
 @pytest.mark.parametrize("rows", [0, 1, 5])
 def test_in_halves_computes_what_one_call_computes(rows):
   values = tf.reshape(tf.range(rows * 3, dtype=tf.float32), [rows, 3])
-  weights = tf.range(rows, dtype=tf.float32) + 1
   calls = []
 
-  def function(values, weights):
+  def function(values):
     calls.append(int(tf.shape(values)[0]))
-    return tf.cumsum(values, axis=1) * weights[:, None], weights * 2
+    return tf.cumsum(values, axis=1) * (values[:, :1] + 1)
 
-  whole = function(values, weights)
+  whole = function(values)
   calls.clear()
-  halves = threads.in_halves(function, values, weights)
+  halves = threads.in_halves(function, values)
   assert calls == [rows // 2, rows - rows // 2]
-  for ours, expected in zip(halves, whole):
-    np.testing.assert_array_equal(ours, expected)
-  single = threads.in_halves(lambda values: values * 2, values)
-  np.testing.assert_array_equal(single, values * 2)
+  np.testing.assert_array_equal(halves, whole)
 
 
 def _configure_in_a_fresh_process(call: str):

@@ -121,8 +121,8 @@ class DynamicRouting(tf.keras.layers.Layer):
   """
 
   def __init__(self, predictor: tf.keras.layers.Layer, num_interests: int,
-               seq_len: int, iterations: int = ROUTING_ITERATIONS, random_init: bool = False,
-               **kwargs):
+               seq_len: int, iterations: int = ROUTING_ITERATIONS,
+               random_init: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.predictor = predictor
     self.num_interests = num_interests

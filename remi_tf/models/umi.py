@@ -113,8 +113,8 @@ class DualAttentiveRouting(tf.keras.layers.Layer):
   trained), so that the same history always gets the same interests.
   """
 
-  def __init__(self, num_interests: int, seq_len: int, iterations: int = ROUTING_ITERATIONS,
-               **kwargs):
+  def __init__(self, num_interests: int, seq_len: int,
+               iterations: int = ROUTING_ITERATIONS, **kwargs):
     super().__init__(**kwargs)
     self.num_interests = num_interests
     self.seq_len = seq_len
@@ -172,7 +172,8 @@ class InterestRefinement(tf.keras.layers.Layer):
     hidden_units: width of W3 (8 in the UMI code).
   """
 
-  def __init__(self, num_fields: int, hidden_units: int = HIDDEN_UNITS, **kwargs):
+  def __init__(self, num_fields: int, hidden_units: int = HIDDEN_UNITS,
+               **kwargs):
     super().__init__(**kwargs)
     self.num_fields = num_fields
     self.hidden_units = hidden_units

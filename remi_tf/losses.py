@@ -3,6 +3,8 @@
 - `ihn_softmax_cross_entropy`: sampled softmax with Interest-aware Hard
   Negative re-weighting (REMI eq. 10-12, Algorithm 1); beta = 0 is exactly
   `tf.nn.sampled_softmax_loss`.
+- `log_negative_mass`: its re-weighted negative mass, log Ng, as two
+  log-sum-exps.
 - `SampledSoftmaxIHN`: the same as a Keras loss for `tfrs.tasks.Retrieval`.
 - `routing_regularization`: REMI's routing regularizer (eq. 13-14).
 - `routing_diagnostics`: how collapsed the routing is (paper Figure 1b).
@@ -26,9 +28,7 @@ def ihn_softmax_cross_entropy(positive_logits: tf.Tensor, logits: tf.Tensor,
   With s_j the logits of example b's negatives (mask true):
   imp_j = exp(beta s_j), Ng = sum_j imp_j e^{s_j} / mean_j imp_j,
   loss_b = -log(e^{s+} / (e^{s+} + Ng)). beta = 0 gives imp_j = 1, the plain
-  sampled softmax. Computed with row maxima subtracted, so large beta and
-  large logits give no inf or NaN; the weights keep their gradient, as in
-  the authors' code.
+  sampled softmax. The weights keep their gradient, as in the authors' code.
 
   Args:
     positive_logits: float [B], s+ (already corrected by log Q if sampled).
@@ -39,23 +39,40 @@ def ihn_softmax_cross_entropy(positive_logits: tf.Tensor, logits: tf.Tensor,
   Returns:
     float [B], the per-example loss.
   """
-  negative_mask = tf.cast(negative_mask, tf.bool)
-  masked = tf.where(negative_mask, logits, MIN_FLOAT)
-  row_max = tf.stop_gradient(tf.maximum(tf.reduce_max(masked, axis=1),
-                                        positive_logits))
-  positive_shifted = positive_logits - row_max
-  negative_exp = tf.where(negative_mask, tf.exp(masked - row_max[:, None]),
-                          0.0)
-  sharpened = beta * masked
-  sharpened_max = tf.stop_gradient(tf.reduce_max(sharpened, axis=1,
-                                                 keepdims=True))
-  importance = tf.where(negative_mask, tf.exp(sharpened - sharpened_max), 0.0)
-  count = tf.reduce_sum(tf.cast(negative_mask, logits.dtype), axis=1)
-  mean_importance = tf.reduce_sum(importance, axis=1) / tf.maximum(count, 1.0)
-  weighted_negatives = tf.math.divide_no_nan(
-      tf.reduce_sum(importance * negative_exp, axis=1), mean_importance)
-  return tf.math.log(tf.exp(positive_shifted) + weighted_negatives) - (
-      positive_shifted)
+  negative_logits = tf.where(tf.cast(negative_mask, tf.bool), logits,
+                             MIN_FLOAT)
+  return tf.nn.softplus(log_negative_mass(negative_logits, beta) -
+                        positive_logits)
+
+
+def log_negative_mass(negative_logits: tf.Tensor, beta: float) -> tf.Tensor:
+  """log Ng, IHN's re-weighted negative mass, per example.
+
+  Ng = sum_j e^{(1 + beta) s_j} / mean_j e^{beta s_j}, so
+  log Ng = LSE((1 + beta) s) - LSE(beta s) + log(count): two log-sum-exps
+  over the row, which are a few passes over [B, C] fewer than the weights
+  and their mean written out, with the same value and gradient. Each
+  log-sum-exp is shifted by the row's largest negative logit, so large
+  beta and large logits give no inf or NaN.
+
+  Args:
+    negative_logits: float [B, C]; every candidate that is not one of the
+      example's negatives (its positive, removed candidates) at or below
+      `REMOVED_LOGIT`.
+    beta: IHN sharpness (>= 0).
+
+  Returns:
+    float [B]; about MIN_FLOAT for an example without negatives.
+  """
+  row_max = tf.stop_gradient(tf.reduce_max(negative_logits, axis=1))
+  shifted = negative_logits - row_max[:, None]
+  if not beta:
+    return tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=1)) + row_max
+  count = tf.reduce_sum(
+      tf.cast(negative_logits > REMOVED_LOGIT, negative_logits.dtype), axis=1)
+  return (tf.math.log(tf.reduce_sum(tf.exp((1 + beta) * shifted), axis=1)) -
+          tf.math.log(tf.reduce_sum(tf.exp(beta * shifted), axis=1)) +
+          row_max + tf.math.log(tf.maximum(count, 1.0)))
 
 
 class SampledSoftmaxIHN(tf.keras.losses.Loss):
@@ -86,10 +103,11 @@ class SampledSoftmaxIHN(tf.keras.losses.Loss):
                                         sample_weight=sample_weight)
 
   def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    y_true = tf.cast(y_true, y_pred.dtype)
-    positive = tf.reduce_sum(tf.where(y_true > 0, y_pred, 0.0), axis=1)
-    negatives = (y_true <= 0) & (y_pred > REMOVED_LOGIT)
-    return ihn_softmax_cross_entropy(positive, y_pred, negatives, self.beta)
+    is_positive = tf.cast(y_true, y_pred.dtype) > 0
+    positive = tf.reduce_sum(tf.where(is_positive, y_pred, 0.0), axis=1)
+    # Removed candidates are at MIN_FLOAT already; so goes the positive.
+    negatives = tf.where(is_positive, MIN_FLOAT, y_pred)
+    return tf.nn.softplus(log_negative_mass(negatives, self.beta) - positive)
 
   def get_config(self):
     return {**super().get_config(), "beta": self.beta}

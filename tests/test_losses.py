@@ -183,6 +183,54 @@ def test_ihn_is_finite_with_large_beta_and_logits():
   assert loss.numpy()[1] > 100
 
 
+def algorithm1_loss(positive, logits, mask, beta):
+  """REMI Algorithm 1 in TF, float64, the weights and their mean written
+  out (imp = exp(beta s), Ng = sum(imp e^s) / mean(imp)), per example."""
+  mask = tf.cast(mask, tf.float64)
+  importance = tf.exp(beta * logits) * mask
+  mean_importance = tf.reduce_sum(importance, 1) / tf.reduce_sum(mask, 1)
+  negative_mass = tf.reduce_sum(importance * tf.exp(logits), 1) / (
+      mean_importance)
+  return -tf.math.log(tf.exp(positive) / (tf.exp(positive) + negative_mass))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 3.0])
+def test_ihn_gradient_equals_algorithm1s(beta):
+  rng = np.random.default_rng(7)
+  logits = tf.constant(rng.normal(scale=2.0, size=(6, 30)))
+  mask = tf.constant(rng.random((6, 30)) < 0.8)
+  mask = tf.tensor_scatter_nd_update(mask, [[b, 0] for b in range(6)],
+                                     [False] * 6)
+  gradients = []
+  for loss_fn, dtype in ((losses.ihn_softmax_cross_entropy, tf.float32),
+                         (algorithm1_loss, tf.float64)):
+    x = tf.cast(logits, dtype)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(loss_fn(x[:, 0], x, mask, beta))
+    gradients.append(tf.cast(tape.gradient(loss, x), tf.float64).numpy())
+  np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-4,
+                             atol=1e-6)
+  # The positive's gradient is -(1 - p+); a removed candidate gets none.
+  assert np.all(gradients[0][:, 0] < 0)
+  removed = ~mask.numpy()
+  removed[:, 0] = False
+  assert removed.any() and np.all(gradients[0][removed] == 0.0)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 200.0])
+def test_an_example_without_negatives_costs_nothing(beta):
+  logits = tf.constant([[2.0, 5.0, -1.0], [2.0, 5.0, -1.0]])
+  mask = tf.constant([[False, True, True], [False, False, False]])
+  with tf.GradientTape() as tape:
+    tape.watch(logits)
+    loss = losses.ihn_softmax_cross_entropy(logits[:, 0], logits, mask, beta)
+  gradient = tape.gradient(loss, logits).numpy()
+  assert loss.numpy()[0] > 1.0
+  assert loss.numpy()[1] == 0.0
+  assert np.all(np.isfinite(gradient)) and np.all(gradient[1] == 0.0)
+
+
 def test_hard_negatives_weigh_more_with_larger_beta():
   positive = tf.constant([1.0])
   logits = tf.constant([[1.0, 2.0, -2.0, -2.0, -2.0]])

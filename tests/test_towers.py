@@ -119,6 +119,41 @@ def test_comirec_sa_routing_is_the_masked_softmax_of_its_mlp_everywhere():
     np.testing.assert_allclose(ours, formula, rtol=1e-4, atol=1e-6)
 
 
+def _history_lookup(tower, histories):
+  """The history's embeddings and the item table's gradient of a sum."""
+  with tf.GradientTape() as tape:
+    embedded = tower.embed_history(histories)
+    total = tf.reduce_sum(embedded * tf.range(1.0, DIM + 1))
+  return embedded, tape.gradient(total, tower.item_table())
+
+
+def test_history_embedding_looks_up_only_the_real_positions():
+  tower = _tower("comirec-sa")
+  histories = _histories()
+  embedded, gradient = _history_lookup(tower, histories)
+  np.testing.assert_array_equal(
+      embedded, tf.gather(tower.item_table(), histories) *
+      tf.cast(histories > 0, tf.float32)[..., None])
+  assert isinstance(gradient, tf.IndexedSlices)
+  np.testing.assert_array_equal(np.sort(gradient.indices),
+                                np.sort(histories.numpy()[histories > 0]))
+
+
+def test_history_lookup_is_whole_under_multi_worker_mirrored_strategy():
+  """That strategy all-gathers the sparse gradient, which needs the same
+  row count on every worker: all B * n positions, padding zeroed."""
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  with strategy.scope():
+    tower = _tower("comirec-sa")
+  histories = _histories()
+  embedded, gradient = strategy.run(_history_lookup, (tower, histories))
+  assert gradient.indices.shape[0] == histories.shape[0] * histories.shape[1]
+  _, sparse_gradient = _history_lookup(tower, histories)
+  np.testing.assert_array_equal(embedded, tower.embed_history(histories))
+  np.testing.assert_allclose(
+      tf.convert_to_tensor(gradient), tf.convert_to_tensor(sparse_gradient))
+
+
 def test_narrow_matmul_has_matmuls_value_and_gradients():
   rng = np.random.default_rng(0)
   inputs = tf.constant(rng.normal(size=(7, 5)), tf.float32)

@@ -56,7 +56,7 @@ class UserTower(tf.keras.Model):
       positions change neither.
     """
     mask = tf.cast(history > 0, tf.float32)
-    embedded = self.item_embedding(history) * mask[..., None]
+    embedded = self.embed_history(history)
     if not self.uses_times:
       interests, routing = self.encoder(embedded, mask)
     else:
@@ -65,6 +65,27 @@ class UserTower(tf.keras.Model):
       interests, routing = self.encoder(embedded, mask,
                                         tf.cast(times, tf.int64))
     return {"interests": interests, "routing": routing}
+
+  def embed_history(self, history: tf.Tensor) -> tf.Tensor:
+    """history int [B, n] -> float [B, n, d], zero at padding.
+
+    Only the real positions are looked up: each padding row would add a row
+    to the item table's sparse gradient, which the optimizer then sums and
+    applies (over a third of a Gowalla batch's positions are padding).
+    Under a `MultiWorkerMirroredStrategy` the whole history is looked up
+    and its padding zeroed: that strategy all-gathers the sparse gradient
+    across workers, which fails when the workers' row counts differ
+    (TF 2.20: "Shape mismatch in the collective instance").
+    """
+    if isinstance(tf.distribute.get_strategy(),
+                  tf.distribute.MultiWorkerMirroredStrategy):
+      return self.item_embedding(history) * tf.cast(
+          history > 0, tf.float32)[..., None]
+    positions = tf.where(history > 0)  # int64 [R, 2], (example, position)
+    return tf.scatter_nd(
+        positions, self.item_embedding(tf.gather_nd(history, positions)),
+        tf.concat([tf.shape(history, out_type=tf.int64),
+                   [self.item_embedding.output_dim]], axis=0))
 
   def item_table(self) -> tf.Tensor:
     """float [N + 1, d], every item's embedding (row 0 padding)."""

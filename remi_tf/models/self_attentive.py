@@ -6,6 +6,8 @@ interests V = A H. Position embeddings P enter the routing only.
 
 import tensorflow as tf
 
+from remi_tf.models import positions
+
 # Added to the routing logits of padding positions; softmax sends them to 0.
 _PADDING_LOGIT = -2.0**32 + 1
 
@@ -85,12 +87,8 @@ class SelfAttentiveRouting(tf.keras.layers.Layer):
     (the MLP is most of the tower's FLOPs, and histories shorter than n
     are common: every target position from the 5th on gives an example).
     """
-    positions = tf.where(mask > 0)  # int64 [R, 2], (example, position)
-    real_logits = self.logits(self.hidden(tf.gather_nd(inputs, positions)))
-    logits = tf.scatter_nd(
-        positions, real_logits,
-        tf.concat([tf.shape(mask, out_type=tf.int64),
-                   [self.num_interests]], axis=0))
+    real = positions.RealPositions(mask > 0)
+    logits = real.expand(self.logits(self.hidden(real.compact(inputs))))
     return masked_softmax(tf.transpose(logits, [0, 2, 1]), mask[:, None, :])
 
 

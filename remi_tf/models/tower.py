@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from remi_tf import config
-from remi_tf.models import capsule, pimirec, popularity, re4, self_attentive
-from remi_tf.models import single_interest, umi
+from remi_tf.models import capsule, pimirec, popularity, positions, re4
+from remi_tf.models import self_attentive, single_interest, umi
 from remi_tf.vocabulary import NO_TIME
 
 
@@ -81,11 +81,8 @@ class UserTower(tf.keras.Model):
                   tf.distribute.MultiWorkerMirroredStrategy):
       return self.item_embedding(history) * tf.cast(
           history > 0, tf.float32)[..., None]
-    positions = tf.where(history > 0)  # int64 [R, 2], (example, position)
-    return tf.scatter_nd(
-        positions, self.item_embedding(tf.gather_nd(history, positions)),
-        tf.concat([tf.shape(history, out_type=tf.int64),
-                   [self.item_embedding.output_dim]], axis=0))
+    real = positions.RealPositions(history > 0)
+    return real.expand(self.item_embedding(real.compact(history)))
 
   def item_table(self) -> tf.Tensor:
     """float [N + 1, d], every item's embedding (row 0 padding)."""

@@ -87,6 +87,11 @@ class LazyAdam(tf.keras.optimizers.Adam):
         1 - tf.pow(tf.cast(self.beta_2, dtype), step)) / (
             1 - tf.pow(tf.cast(self.beta_1, dtype), step))
 
+  def _deduplicate_sparse_grad(self, grads):
+    return [sum_repeated_rows(gradient)
+            if isinstance(gradient, tf.IndexedSlices) else gradient
+            for gradient in grads]
+
   def update_step(self, gradient, variable):
     if not isinstance(gradient, tf.IndexedSlices):
       return super().update_step(gradient, variable)
@@ -94,7 +99,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     self._sparse_keys.add(self._var_key(variable))
     m, v, last_step = self._state(variable)
     step = tf.cast(self.iterations + 1, tf.int64)
-    # Keras's apply_gradients has already summed repeated rows.
+    # apply_gradients has already summed repeated rows (sum_repeated_rows).
     rows, values = tf.cast(gradient.indices, tf.int64), gradient.values
     m_rows, v_rows = tf.gather(m, rows), tf.gather(v, rows)
     skipped = tf.maximum(step - tf.gather(last_step, rows) - 1, 0)
@@ -128,6 +133,31 @@ class LazyAdam(tf.keras.optimizers.Adam):
       m.assign(m * m_decay)
       v.assign(v * v_decay)
       last_step.assign(tf.fill(tf.shape(last_step), step))
+
+
+def sum_repeated_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+  """The gradient with each row once, its repeats' values summed.
+
+  What Keras's optimizers do (`tf.unique` and `unsorted_segment_sum`), but
+  cheaper when few rows repeat, as in an embedding table's gradient: each
+  row's first value is gathered and only the repeats are added to it.
+  TensorFlow's CPU segment sum adds every row one by one, about 2x the time
+  of the gather (a Gowalla-shaped batch: ~4,600 rows, ~60 repeats).
+
+  Args:
+    gradient: values [L, ...] at indices [L], rows possibly repeated.
+
+  Returns:
+    values [U, ...] at the U distinct indices, in order of first occurrence.
+  """
+  rows, slots = tf.unique(gradient.indices)
+  positions = tf.range(tf.size(slots))
+  first = tf.math.unsorted_segment_min(positions, slots, tf.size(rows))
+  repeats = tf.where(tf.gather(first, slots) != positions)[:, 0]
+  summed = tf.tensor_scatter_nd_add(
+      tf.gather(gradient.values, first), tf.gather(slots, repeats)[:, None],
+      tf.gather(gradient.values, repeats))
+  return tf.IndexedSlices(summed, rows, gradient.dense_shape)
 
 
 class CatchUpCallback(tf.keras.callbacks.Callback):

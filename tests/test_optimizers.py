@@ -4,6 +4,7 @@ the trajectory follows dense Adam far more closely than plain lazy Adam."""
 import numpy as np
 import tensorflow as tf
 
+from remi_tf import optimizers
 from remi_tf.optimizers import LazyAdam
 
 
@@ -116,3 +117,18 @@ def test_catch_up_leaves_densely_updated_variables_alone():
   # Rows 1 and 2 skipped one step: their momentum keeps moving them.
   assert np.all(table.numpy()[[1, 2]] < moved[[1, 2]])
   np.testing.assert_array_equal(table.numpy()[5], moved[5])
+
+
+def test_sum_repeated_rows_equals_unique_and_segment_sum():
+  rng = np.random.default_rng(3)
+  for indices in ([4, 1, 4, 0, 4, 9], [3, 2, 1], [7, 7, 7], []):
+    values = tf.constant(rng.normal(size=(len(indices), 3)), tf.float32)
+    indices = tf.constant(indices, tf.int32)
+    summed = optimizers.sum_repeated_rows(
+        tf.IndexedSlices(values, indices, tf.constant([10, 3])))
+    unique, slots = tf.unique(indices)
+    np.testing.assert_array_equal(summed.indices, unique)
+    np.testing.assert_allclose(
+        summed.values,
+        tf.math.unsorted_segment_sum(values, slots, tf.size(unique)),
+        rtol=1e-6)

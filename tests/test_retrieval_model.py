@@ -60,6 +60,26 @@ def test_model_loss_equals_tf_sampled_softmax(distribution):
   np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_uniform_negatives_need_no_log_q_correction(beta):
+  """A uniform sampler leaves its (constant) expected counts out: the loss
+  is the one corrected by them."""
+  tf.keras.utils.set_random_seed(1)
+  tower = build_user_tower(config.ModelConfig(
+      interests=3, embedding_dim=DIM, seq_len=SEQ_LEN), NUM_ITEMS)
+  features = _features()
+  assert CandidateSampler(NUM_ITEMS, 20, seed=4)(
+      features["target"]).expected_counts is None
+  corrected = RetrievalModel(
+      tower, ReplayedSampler(CandidateSampler(NUM_ITEMS, 20, seed=4).sample(
+          features["target"])), beta=beta, rr_lambda=0.0)
+  uncorrected = RetrievalModel(tower, CandidateSampler(NUM_ITEMS, 20, seed=4),
+                               beta=beta, rr_lambda=0.0)
+  np.testing.assert_allclose(uncorrected.compute_loss(features).numpy(),
+                             corrected.compute_loss(features).numpy(),
+                             rtol=1e-5)
+
+
 def test_full_softmax_equals_softmax_over_the_catalog():
   tf.keras.utils.set_random_seed(2)
   model_config = config.ModelConfig(interests=2, embedding_dim=DIM,

@@ -29,8 +29,11 @@ class RetrievalModel(tfrs.Model):
   Candidates of a batch are its B positives followed by S negatives from
   `sampler`; each example scores its own positive and the S negatives (the
   other positives are masked out, as `tf.nn.sampled_softmax_loss` has no
-  in-batch negatives), logits corrected by the log expected count and
-  accidental hits removed by the task.
+  in-batch negatives), logits corrected by the log expected count. The
+  accidental hits (negatives equal to the example's positive) are masked in
+  the same score mask, one comparison of [B, S] ids, rather than by the
+  task's `remove_accidental_hits`, which makes several passes over the
+  [B, B + S] logits for the same result.
 
   Args:
     tower: a user tower (`call(history, times)`, `item_embedding`,
@@ -57,8 +60,7 @@ class RetrievalModel(tfrs.Model):
     self.sampler = sampler
     self.rr_lambda = float(rr_lambda)
     self.candidate_scoring = candidate_scoring
-    self.task = tfrs.tasks.Retrieval(loss=losses.SampledSoftmaxIHN(beta),
-                                     remove_accidental_hits=True)
+    self.task = tfrs.tasks.Retrieval(loss=losses.SampledSoftmaxIHN(beta))
     self.trackers = {
         name: tf.keras.metrics.Mean(name=name)
         for name in ("softmax_loss", "rr_loss", "routing_max_weight",
@@ -89,7 +91,6 @@ class RetrievalModel(tfrs.Model):
              hard_readout(interests, positives))
 
     candidates = self.sampler(target)
-    candidate_ids = tf.concat([target, candidates.ids], axis=0)
     candidate_embeddings = tf.concat(
         [positives, self.tower.item_embedding(candidates.ids)], axis=0)
     probabilities = None
@@ -99,11 +100,11 @@ class RetrievalModel(tfrs.Model):
     batch = tf.shape(target)[0]
     own_positive_and_negatives = tf.concat(
         [tf.eye(batch, dtype=tf.bool),
-         tf.ones([batch, tf.shape(candidates.ids)[0]], tf.bool)], axis=1)
+         tf.not_equal(target[:, None], candidates.ids[None, :])], axis=1)
     softmax_loss = self.task(
         query, candidate_embeddings,
         candidate_sampling_probability=probabilities,
-        candidate_ids=candidate_ids, score_mask=own_positive_and_negatives,
+        score_mask=own_positive_and_negatives,
         compute_metrics=False, compute_batch_metrics=False)
     # Without RR the term is only tracked: no gradient flows through it.
     rr_loss = losses.routing_regularization(

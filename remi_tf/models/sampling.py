@@ -26,7 +26,8 @@ class Candidates:
   Attributes:
     ids: int [S], the negatives' item ids.
     expected_counts: float [S] or None, the sampler's expected count of each
-      (None: no log-Q correction, as for the full softmax).
+      (None: no log-Q correction: the full softmax, or a uniform sampler,
+      whose correction is the same for every candidate).
     positive_expected_counts: float [B] or None, the same for the positives.
   """
 
@@ -136,8 +137,17 @@ class CandidateSampler(tf.keras.layers.Layer):
         -tf.math.expm1(tries * tf.math.log1p(-probability))), tf.float32)
 
   def call(self, positive_ids: tf.Tensor) -> Candidates:
-    """Draws the negatives of a batch with positives int [B]."""
+    """Draws the negatives of a batch with positives int [B].
+
+    Under the uniform distribution every candidate has the same expected
+    count, so its log-Q correction would shift each example's logits by one
+    constant, which the softmax (and IHN's re-weighting) cancels: the
+    counts are left out (None), saving a pass over the logits.
+    """
     sampled, true_expected, sampled_expected = self.sample(positive_ids)
+    if self.distribution == "uniform":
+      return Candidates(ids=tf.cast(sampled, tf.int32) + 1,
+                        expected_counts=None, positive_expected_counts=None)
     return Candidates(ids=tf.cast(sampled, tf.int32) + 1,
                       expected_counts=sampled_expected,
                       positive_expected_counts=tf.reshape(true_expected, [-1]))

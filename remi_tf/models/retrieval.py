@@ -29,7 +29,8 @@ class RetrievalModel(tfrs.Model):
   Candidates of a batch are its B positives followed by S negatives from
   `sampler`; each example scores its own positive and the S negatives (the
   other positives are masked out, as `tf.nn.sampled_softmax_loss` has no
-  in-batch negatives), logits corrected by the log expected count. The
+  in-batch negatives), logits corrected by the log expected count when the
+  sampler gives one (the uniform sampler's would be a constant). The
   accidental hits (negatives equal to the example's positive) are masked in
   the same score mask, one comparison of [B, S] ids, rather than by the
   task's `remove_accidental_hits`, which makes several passes over the

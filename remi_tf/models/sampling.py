@@ -145,11 +145,11 @@ class CandidateSampler(tf.keras.layers.Layer):
     counts are left out (None), saving a pass over the logits.
     """
     sampled, true_expected, sampled_expected = self.sample(positive_ids)
+    ids = tf.cast(sampled, tf.int32) + 1
     if self.distribution == "uniform":
-      return Candidates(ids=tf.cast(sampled, tf.int32) + 1,
-                        expected_counts=None, positive_expected_counts=None)
-    return Candidates(ids=tf.cast(sampled, tf.int32) + 1,
-                      expected_counts=sampled_expected,
+      return Candidates(ids, expected_counts=None,
+                        positive_expected_counts=None)
+    return Candidates(ids, expected_counts=sampled_expected,
                       positive_expected_counts=tf.reshape(true_expected, [-1]))
 
 

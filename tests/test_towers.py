@@ -2,6 +2,7 @@
 pieces against the reference's; Pop on the training split."""
 
 import collections
+import functools
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from remi_tf import config, training
 from remi_tf.data import parsing, preprocess
+from remi_tf.losses import routing_regularization
 from remi_tf.models import build_user_tower, capsule
 from remi_tf.models.capsule import routing_weights, squash
 from remi_tf.models.self_attentive import masked_softmax, narrow_matmul
@@ -224,11 +226,87 @@ def test_capsule_routing_keeps_its_gradient(model):
                            for g in gradients)
 
 
+def _einsum_pool(routing, predictions):
+  return tf.einsum("bkn,bknd->bkd", routing, predictions)
+
+
+def _einsum_agreement(predictions, interests):
+  return tf.einsum("bknd,bkd->bkn", predictions, interests)
+
+
+@pytest.mark.parametrize("predictor", [capsule.PerPositionBilinear,
+                                       capsule.SharedBilinear])
+def test_routing_products_equal_einsum_with_gradients(predictor):
+  rng = np.random.default_rng(0)
+  shared = predictor is capsule.SharedBilinear
+  routing, interests = (tf.constant(rng.random(shape), tf.float32)
+                        for shape in ([3, 4, 5], [3, 4, 6]))
+  predictions = tf.constant(rng.normal(size=[3, 5, 6] if shared
+                                       else [3, 4, 5, 6]), tf.float32)
+  tiled = (lambda p: tf.tile(p[:, None], [1, 4, 1, 1])) if shared else tf.identity
+  results = []
+  for pool, agreement in ((predictor.pool, predictor.agreement),
+                          (lambda r, p: _einsum_pool(r, tiled(p)),
+                           lambda p, i: _einsum_agreement(tiled(p), i))):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([routing, predictions, interests])
+      pooled = pool(routing, predictions)
+      agreed = agreement(predictions, interests)
+      pooled_total = tf.reduce_sum(tf.sin(pooled))
+      agreed_total = tf.reduce_sum(tf.sin(agreed))
+    results.append([pooled, agreed,
+                    *tape.gradient(pooled_total, [routing, predictions]),
+                    *tape.gradient(agreed_total, [predictions, interests])])
+  assert results[0][0].shape == [3, 4, 6] and results[0][1].shape == [3, 4, 5]
+  for product, reference in zip(*results):
+    np.testing.assert_allclose(product, reference, rtol=1e-5, atol=1e-6)
+
+
+def _routing_by_autodiff(encoder, history, mask):
+  """The routing iterations written out, differentiated by TensorFlow: the
+  reference of `DynamicRouting`'s hand-written gradient of b."""
+  predictions = encoder.predictor(history)
+  frozen = tf.stop_gradient(predictions)
+  logits = tf.tile(encoder.initial_logits[None], [tf.shape(history)[0], 1, 1])
+  mask = mask[:, None, :]
+  for iteration in range(encoder.iterations):
+    routing = routing_weights(logits, mask)
+    if iteration == encoder.iterations - 1:
+      return squash(encoder.predictor.pool(tf.stop_gradient(routing),
+                                           predictions)), routing
+    interests = tf.stop_gradient(
+        squash(encoder.predictor.pool(routing, frozen)))
+    logits += encoder.predictor.agreement(predictions, interests)
+
+
+@pytest.mark.parametrize("model", ["comirec-dr", "mind"])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_capsule_routing_gradient_equals_autodiff(model, iterations):
+  tower = _tower(model)
+  encoder = tower.encoder
+  encoder.iterations = iterations
+  histories = _histories()
+  mask = tf.cast(histories > 0, tf.float32)
+  embedded = tf.gather(tower.item_table(), histories) * mask[..., None]
+  results = []
+  for route in (encoder, functools.partial(_routing_by_autodiff, encoder)):
+    with tf.GradientTape() as tape:
+      tape.watch(embedded)
+      interests, routing = route(embedded, mask)
+      total = (tf.reduce_sum(tf.sin(interests)) +
+               100.0 * routing_regularization(routing, DIM))
+    results.append([interests, routing, *tape.gradient(
+        total, [embedded, *encoder.predictor.trainable_variables])])
+  for hand_written, autodiff in zip(*results):
+    np.testing.assert_allclose(hand_written, autodiff, rtol=1e-4, atol=1e-6)
+
+
 class _TiledPredictions(tf.keras.layers.Layer):
   """A shared predictor's u_hat copied for each of K interests, as MIND's
-  reference builds it."""
+  reference builds it, routed with einsums."""
 
-  SUBSCRIPTS = "bknd"
+  pool = staticmethod(_einsum_pool)
+  agreement = staticmethod(_einsum_agreement)
 
   def __init__(self, shared, num_interests):
     super().__init__()

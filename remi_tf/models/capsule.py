@@ -47,7 +47,8 @@ def squash(vectors: tf.Tensor) -> tf.Tensor:
 class PerPositionBilinear(tf.keras.layers.Layer):
   """ComiRec-DR's u_hat: a separate d x (K d) map for every position.
 
-  Its predictions are [B, K, n, d] (`SUBSCRIPTS`, for the routing's einsums).
+  Its predictions are [B, K, n, d]; `pool` and `agreement` are the
+  routing's products in that layout.
 
   The maps start from N(0, 1), as the original ComiRec code
   (`tf.random_normal_initializer()`). With the reference's routing (padding
@@ -56,8 +57,6 @@ class PerPositionBilinear(tf.keras.layers.Layer):
   near zero and the tower does not train on short histories (Recall@50 0.3%
   on amazon-books-38k at 5,000 steps, Pop 4.5%).
   """
-
-  SUBSCRIPTS = "bknd"
 
   def __init__(self, num_interests: int, seq_len: int, **kwargs):
     super().__init__(**kwargs)
@@ -79,14 +78,28 @@ class PerPositionBilinear(tf.keras.layers.Layer):
         predictions, [shape[0], shape[1], self.num_interests, shape[2]])
     return tf.transpose(predictions, [0, 2, 1, 3])
 
+  @staticmethod
+  def pool(routing: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+    """routing [B, K, n], predictions [B, K, n, d] -> [B, K, d]: each
+    interest's routing-weighted sum of its predictions."""
+    return tf.matmul(routing[:, :, None, :], predictions)[:, :, 0, :]
+
+  @staticmethod
+  def agreement(predictions: tf.Tensor, interests: tf.Tensor) -> tf.Tensor:
+    """predictions [B, K, n, d], interests [B, K, d] -> [B, K, n]: each
+    prediction's dot product with its interest."""
+    return tf.matmul(predictions, interests[..., None])[..., 0]
+
 
 class SharedBilinear(tf.keras.layers.Layer):
   """MIND's u_hat: one shared d x d map, the same prediction for every
-  interest, so it is kept once: [B, n, d] (`SUBSCRIPTS`). Routing with it
-  is routing with K copies, without building them or their gradients
-  (with REMI's regularizer, its gradient runs through every iteration)."""
+  interest, so it is kept once: [B, n, d]. Routing with it is routing with
+  K copies, without building them or their gradients (with REMI's
+  regularizer, its gradient runs through every iteration).
 
-  SUBSCRIPTS = "bnd"
+  `pool` and `agreement` are batched matmuls: TensorFlow's CPU einsum, and
+  above all its gradient, are several times slower at these shapes (K = 4
+  contracted, B = 128)."""
 
   def __init__(self, num_interests: int, **kwargs):
     super().__init__(**kwargs)
@@ -101,13 +114,25 @@ class SharedBilinear(tf.keras.layers.Layer):
     """history float [B, n, d] -> u_hat float [B, n, d], every interest's."""
     return self.map(history)
 
+  @staticmethod
+  def pool(routing: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+    """routing [B, K, n], predictions [B, n, d] -> [B, K, d]."""
+    return tf.matmul(routing, predictions)
+
+  @staticmethod
+  def agreement(predictions: tf.Tensor, interests: tf.Tensor) -> tf.Tensor:
+    """predictions [B, n, d], interests [B, K, d] -> [B, K, n]."""
+    return tf.matmul(interests, predictions, transpose_b=True)
+
 
 class DynamicRouting(tf.keras.layers.Layer):
   """Capsule routing from u_hat to K interest capsules.
 
   Args:
     predictor: the layer giving u_hat from the history, [B, K, n, d] or,
-      the same for every interest, [B, n, d]: its `SUBSCRIPTS`.
+      the same for every interest, [B, n, d], with the routing's products
+      in its layout: `pool(routing, predictions)` [B, K, d] and
+      `agreement(predictions, interests)` [B, K, n].
     num_interests: K.
     seq_len: n.
     iterations: routing iterations (3).
@@ -146,22 +171,43 @@ class DynamicRouting(tf.keras.layers.Layer):
       iteration's weights; rows sum to at most 1).
     """
     predictions = self.predictor(history)
-    subscripts = self.predictor.SUBSCRIPTS
-    pool = f"bkn,{subscripts}->bkd"  # routing-weighted sum of predictions
-    agreement = f"{subscripts},bkd->bkn"  # each prediction . its interest
-    frozen = tf.stop_gradient(predictions)
-    logits = tf.tile(self.initial_logits[None], [tf.shape(history)[0], 1, 1])
     mask = mask[:, None, :]
-    for iteration in range(self.iterations):
-      routing = routing_weights(logits, mask)
-      if iteration == self.iterations - 1:
-        interests = squash(tf.einsum(pool, tf.stop_gradient(routing),
-                                     predictions))
-      else:
-        interests = tf.stop_gradient(
-            squash(tf.einsum(pool, routing, frozen)))
-        logits += tf.einsum(agreement, predictions, interests)
+    routing = routing_weights(self._final_logits(predictions, mask), mask)
+    interests = squash(self.predictor.pool(tf.stop_gradient(routing),
+                                           predictions))
     return interests, routing
+
+  def _final_logits(self, predictions: tf.Tensor, mask: tf.Tensor
+                    ) -> tf.Tensor:
+    """The last iteration's routing logits b, float [B, K, n] ([1, K, n]
+    with a single iteration), from u_hat and mask [B, 1, n].
+
+    Every earlier iteration adds u_hat . interest, its interest without
+    gradient, so b's gradient reaches u_hat as the agreement's gradient
+    against the sum of those interests: one product in the backward pass,
+    however many iterations (automatic differentiation makes one each)."""
+    pool, agreement = self.predictor.pool, self.predictor.agreement
+    initial = self.initial_logits[None]
+
+    @tf.custom_gradient
+    def final_logits(predictions):
+      logits, interests = initial, []
+      for _ in range(self.iterations - 1):
+        interests.append(squash(pool(routing_weights(logits, mask),
+                                     predictions)))
+        logits += agreement(predictions, interests[-1])
+
+      def gradient(upstream):
+        if not interests:
+          return tf.zeros_like(predictions)
+        with tf.GradientTape() as tape:
+          tape.watch(predictions)
+          agreed = agreement(predictions, tf.add_n(interests))
+        return tape.gradient(agreed, predictions, output_gradients=upstream)
+
+      return logits, gradient
+
+    return final_logits(predictions)
 
 
 def comirec_dr(num_interests: int, seq_len: int) -> DynamicRouting:

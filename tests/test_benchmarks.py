@@ -5,6 +5,7 @@ import argparse
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -33,6 +34,31 @@ def test_training_throughput_compares_table_sizes_in_one_run():
   assert ratios["300"] == 1.0
   assert result["smallest_rate_ratio"] == min(ratios.values())
   assert "smallest_rate_ratio" in result["meets_targets"]
+  # Every other round remi first, at each size.
+  fits = re.findall(r"\] (plain|remi) N=(\d+) \[(\d)/2\]", process.stderr)
+  assert fits == [("plain", "299", "1"), ("remi", "299", "1"),
+                  ("plain", "2999", "1"), ("remi", "2999", "1"),
+                  ("remi", "299", "2"), ("plain", "299", "2"),
+                  ("remi", "2999", "2"), ("plain", "2999", "2")]
+  assert len(result["overhead_percent_by_round"]) == 2
+
+
+def test_remis_overhead_is_the_median_of_each_rounds_pair(throughput):
+  # The machine drifts between rounds; each round's pair shares its state.
+  plain, remi = [100.0, 110.0, 120.0, 130.0], [98.0, 108.0, 125.0, 127.0]
+  figures = throughput.headline(plain, remi)
+  pairs = sorted((p / r - 1) * 100 for p, r in zip(plain, remi))
+  assert figures["overhead_percent_by_round"] == pytest.approx(
+      [(p / r - 1) * 100 for p, r in zip(plain, remi)])
+  assert figures["overhead_percent"] == pytest.approx(
+      (pairs[1] + pairs[2]) / 2)
+  low, middle, high = figures["overhead_percent_quartiles"]
+  assert pairs[0] <= low <= middle <= high <= pairs[-1]
+  assert middle == pytest.approx(figures["overhead_percent"])
+  # The ratio of the medians (-1.3% here) is not the paired overhead.
+  assert figures["ratio_remi_over_plain"] == pytest.approx(116.5 / 115.0)
+  assert throughput.headline([100.0], [98.0])[
+      "overhead_percent_quartiles"] is None
 
 
 TINY_TRAINING = ["--items", "300", "--negatives", "32", "--seq-len", "8",

@@ -260,6 +260,28 @@ def test_routing_regularization_matches_numpy():
                              rtol=1e-5)
 
 
+def test_routing_regularization_gradient_equals_autodiff():
+  rng = np.random.default_rng(3)
+  logits = tf.constant(rng.normal(size=(5, 4, 12)) * 3, tf.float32)
+  mask = tf.constant(rng.random((5, 1, 12)) < 0.7, tf.float32)
+  gradients = []
+  for regularizer in (losses.routing_regularization, _written_out_rr):
+    with tf.GradientTape() as tape:
+      tape.watch(logits)
+      routing = tf.nn.softmax(logits) * mask
+      total = 3.0 * regularizer(routing, 16)
+    gradients.append(tape.gradient(total, logits))
+  np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-5,
+                             atol=1e-9)
+  assert np.abs(gradients[0]).max() > 1e-4
+
+
+def _written_out_rr(routing, dim):
+  centered = routing - tf.reduce_mean(routing, axis=2, keepdims=True)
+  variances = tf.reduce_sum(tf.square(centered), axis=2) / dim
+  return tf.reduce_sum(tf.square(variances))
+
+
 def test_routing_regularization_penalizes_collapse():
   n = 10
   uniform = np.full((1, 2, n), 1.0 / n)

@@ -198,6 +198,19 @@ def test_capsule_routing_weights_are_the_references():
   np.testing.assert_allclose(weights.sum(), 0.25, rtol=1e-6)
 
 
+def test_per_position_predictions_map_each_position_by_its_own_maps():
+  # u_hat[b, k, i] = W_{i, k} e_{b, i}: the k-th d columns of position i's
+  # d x (K d) map (ComiRec-DR's bilinear layer).
+  tf.keras.utils.set_random_seed(0)
+  layer = capsule.PerPositionBilinear(3, 5)
+  history = tf.random.normal([2, 5, DIM])
+  predictions = layer(history).numpy()
+  maps = layer.maps.numpy().reshape(5, DIM, 3, DIM)
+  expected = np.einsum("bnd,ndke->bkne", history.numpy(), maps)
+  assert predictions.shape == (2, 3, 5, DIM)
+  np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_first_routing_step_squashes_one_nth_of_each_prediction():
   tf.keras.utils.set_random_seed(0)
   layer = capsule.DynamicRouting(capsule.PerPositionBilinear(2, 20), 2, 20,

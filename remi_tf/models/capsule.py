@@ -71,12 +71,16 @@ class PerPositionBilinear(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, history: tf.Tensor) -> tf.Tensor:
-    """history float [B, n, d] -> u_hat float [B, K, n, d]."""
-    predictions = tf.einsum("bnd,nde->bne", history, self.maps)
+    """history float [B, n, d] -> u_hat float [B, K, n, d].
+
+    One matmul per position, batched over the positions ([n, B, d] x
+    [n, d, K d]): the einsum "bnd,nde->bne" computes the same with
+    transposes of its own, 25% slower forward and backward on this CPU."""
+    by_position = tf.matmul(tf.transpose(history, [1, 0, 2]), self.maps)
     shape = tf.shape(history)
-    predictions = tf.reshape(
-        predictions, [shape[0], shape[1], self.num_interests, shape[2]])
-    return tf.transpose(predictions, [0, 2, 1, 3])
+    by_position = tf.reshape(
+        by_position, [shape[1], shape[0], self.num_interests, shape[2]])
+    return tf.transpose(by_position, [1, 2, 0, 3])
 
   @staticmethod
   def pool(routing: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:

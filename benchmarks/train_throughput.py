@@ -28,8 +28,8 @@ pays. Each round's pair, plain / remi - 1, is in
 (`overhead_percent_pairs_median`, `_quartiles`). The machine's state
 drifts by up to 10% from one round to the next here, so a few percent
 needs many rounds: with 20 at --steps 300 on this 2-core machine the
-pairs' quartiles are 5-9 points apart and two runs' overheads differed
-by 0.3 point.
+pairs' quartiles are 6-18 points apart, and three such runs of the same
+code gave 3.4-5.8% for MIND and 2.1-9.8% at Books shapes.
 
 --items is the number of embedding rows: the default 174606 is Gowalla's
 174,605 items plus the padding row (num_items = items - 1). Several sizes,
@@ -98,7 +98,8 @@ overhead over plain <= 3% (issue 13).
   python benchmarks/train_throughput.py --items 174606 367983 1708531 --repeats 3
   python benchmarks/train_throughput.py --compare-ref f6ecd87 --repeats 2
   python benchmarks/train_throughput.py --profile --roofline
-  python benchmarks/train_throughput.py --model mind --repeats 20 --steps 300
+  python benchmarks/train_throughput.py --model mind --repeats 20 \
+      --steps 300
 
 Prints progress on stderr and one JSON line on stdout.
 """
@@ -327,17 +328,17 @@ def measure(args) -> dict:
     # Every other round remi first, so that neither variant always runs
     # on the machine as the other left it.
     names = list(variants)[::-1 if repeat % 2 else 1]
-    for items, name in [(items, name) for items in args.items
-                        for name in names]:
-      model = models[items, name]
-      seconds, history = _common.timed(lambda m=model, s=streams[items]: m.fit(
-          s, steps_per_epoch=args.steps, epochs=1, verbose=0))
-      rate = args.steps * args.batch_size / seconds
-      rates[items, name].append(rate)
-      losses[items, name] = float(history.history["loss"][-1])
-      _common.log(f"{name} N={items - 1} [{repeat + 1}/{args.repeats}]: "
-                  f"{args.steps} steps in {seconds:.2f}s = {rate:,.0f} "
-                  f"samples/s (loss {losses[items, name]:.3f})")
+    for items in args.items:
+      for name in names:
+        seconds, history = _common.timed(
+            lambda m=models[items, name], s=streams[items]: m.fit(
+                s, steps_per_epoch=args.steps, epochs=1, verbose=0))
+        rate = args.steps * args.batch_size / seconds
+        rates[items, name].append(rate)
+        losses[items, name] = float(history.history["loss"][-1])
+        _common.log(f"{name} N={items - 1} [{repeat + 1}/{args.repeats}]: "
+                    f"{args.steps} steps in {seconds:.2f}s = {rate:,.0f} "
+                    f"samples/s (loss {losses[items, name]:.3f})")
 
   by_items = {items: summarize(items, rates, losses, warmup_seconds, models,
                                variants, args)

@@ -256,7 +256,8 @@ def test_routing_products_equal_einsum_with_gradients(predictor):
                         for shape in ([3, 4, 5], [3, 4, 6]))
   predictions = tf.constant(rng.normal(size=[3, 5, 6] if shared
                                        else [3, 4, 5, 6]), tf.float32)
-  tiled = (lambda p: tf.tile(p[:, None], [1, 4, 1, 1])) if shared else tf.identity
+  tiled = ((lambda p: tf.tile(p[:, None], [1, 4, 1, 1])) if shared
+           else tf.identity)
   results = []
   for pool, agreement in ((predictor.pool, predictor.agreement),
                           (lambda r, p: _einsum_pool(r, tiled(p)),

@@ -218,6 +218,37 @@ def test_ihn_gradient_equals_algorithm1s(beta):
   assert removed.any() and np.all(gradients[0][removed] == 0.0)
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.5])
+def test_keras_loss_gradient_equals_algorithm1s_in_the_tasks_layout(beta):
+  # TFRS's layout: example b's positive in column b, the other positives
+  # and accidental hits removed (MIN_FLOAT); the gradient is written out.
+  rng = np.random.default_rng(11)
+  batch, columns = 6, 30
+  logits = rng.normal(scale=2.0, size=(batch, columns))
+  labels = np.eye(batch, columns)
+  removed = (rng.random((batch, columns)) < 0.2) & (labels == 0)
+  removed[:, :batch] |= labels[:, :batch] == 0
+  scores = tf.constant(np.where(removed, losses.MIN_FLOAT, logits),
+                       tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(scores)
+    ours = losses.SampledSoftmaxIHN(beta)(tf.constant(labels, tf.float32),
+                                          scores)
+  gradient = tape.gradient(ours, scores).numpy()
+
+  x = tf.constant(logits)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    reference = tf.reduce_mean(algorithm1_loss(
+        tf.linalg.diag_part(x[:, :batch]), x, (labels == 0) & ~removed,
+        beta))
+  np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(gradient, tape.gradient(reference, x).numpy(),
+                             rtol=1e-4, atol=1e-7)
+  assert np.all(np.diag(gradient[:, :batch]) < 0)
+  assert np.all(gradient[removed] == 0.0)
+
+
 @pytest.mark.parametrize("beta", [0.0, 1.0, 200.0])
 def test_an_example_without_negatives_costs_nothing(beta):
   logits = tf.constant([[2.0, 5.0, -1.0], [2.0, 5.0, -1.0]])

@@ -19,7 +19,8 @@ length: at seq_len 40 about 20% are full and the others end in padding
 For each: one `fit` of --warmup-steps (tracing, allocation), then a timed
 `fit(steps_per_epoch=--steps, epochs=1, verbose=0)`. With --repeats R the
 timed fits alternate plain/remi R times (every other round remi first) and
-the median rate is reported.
+the median rate is reported. Plain's model is built (and warmed up) first,
+REMI's with --remi-first.
 
 REMI's overhead over plain, `overhead_percent`, is REMI's mean step time
 over all rounds against plain's, - 1 (in %): what a long training run
@@ -29,7 +30,12 @@ pays. Each round's pair, plain / remi - 1, is in
 drifts by up to 10% from one round to the next here, so a few percent
 needs many rounds: with 20 at --steps 300 on this 2-core machine the
 pairs' quartiles are 6-18 points apart, and three such runs of the same
-code gave 3.4-5.8% for MIND and 2.1-9.8% at Books shapes.
+code gave 3.4-5.8% for MIND and 2.1-9.8% at Books shapes. Within one
+process, the model built second ran about 2 points slower in probes of
+either order, so the overhead is best measured with --processes P: the
+rounds run in P fresh processes of this tree (--repeats each), every other
+one building REMI's model first, and all their rounds are pooled into the
+figures above; `processes` lists each process's own overhead.
 
 --items is the number of embedding rows: the default 174606 is Gowalla's
 174,605 items plus the padding row (num_items = items - 1). Several sizes,
@@ -98,8 +104,8 @@ overhead over plain <= 3% (issue 13).
   python benchmarks/train_throughput.py --items 174606 367983 1708531 --repeats 3
   python benchmarks/train_throughput.py --compare-ref f6ecd87 --repeats 2
   python benchmarks/train_throughput.py --profile --roofline
-  python benchmarks/train_throughput.py --model mind --repeats 20 \
-      --steps 300
+  python benchmarks/train_throughput.py --model mind --repeats 5 \
+      --steps 300 --processes 8
 
 Prints progress on stderr and one JSON line on stdout.
 """
@@ -177,6 +183,12 @@ def parse_args(argv=None):
                       help="timed fits per variant, alternating; median\n"
                       "(with --compare-ref: rounds of both trees)")
   parser.add_argument("--seed", type=int, default=2023)
+  parser.add_argument("--processes", type=int, default=1,
+                      help="run the --repeats rounds in this many fresh "
+                      "processes each,\nevery other one building REMI's "
+                      "model first; rates pooled")
+  parser.add_argument("--remi-first", action="store_true",
+                      help="build and warm up REMI's model before plain's")
   parser.add_argument("--compare-ref", metavar="REF",
                       help="also run the benchmark of git revision REF "
                       "(e.g. f6ecd87),\nalternating with this tree's")
@@ -193,7 +205,11 @@ def parse_args(argv=None):
     parser.error("--items must be >= 2 (padding + one item)")
   _common.require_positive(
       parser, args, ("seq_len", "batch_size", "negatives", "steps", "repeats",
-                     "profile_calls"))
+                     "profile_calls", "processes"))
+  if args.processes > 1 and (args.compare_ref is not None or args.profile
+                             or len(args.items) > 1):
+    parser.error("--processes measures one --items size, without "
+                 "--compare-ref or --profile")
   if args.roofline and args.model not in ENCODER_COSTS:
     parser.error(f"--roofline models {', '.join(ENCODER_COSTS)}, not "
                  f"{args.model}")
@@ -303,6 +319,8 @@ def measure(args) -> dict:
   inter_op, intra_op = threads.configure()
   tf.keras.utils.set_random_seed(args.seed)
   variants = {"plain": (0.0, 0.0), "remi": (args.beta, args.rr_lambda)}
+  if args.remi_first:
+    variants = dict(reversed(variants.items()))
   models, streams, warmup_seconds = {}, {}, {}
   for items in args.items:
     num_items = items - 1
@@ -833,18 +851,59 @@ def roofline(args, samples_per_second: float) -> dict:
   return result
 
 
+# --- rounds in fresh processes -----------------------------------------------
+
+
+def in_processes(args) -> dict:
+  """The benchmark's rounds spread over args.processes fresh processes of
+  this tree (--repeats rounds each), every other one building REMI's model
+  first, so that neither variant always has the process as the first
+  model left it. The rounds of all processes are pooled into the
+  headline figures. Returns the JSON line's figures."""
+  runs = []
+  for number in range(args.processes):
+    remi_first = number % 2 == 1
+    _common.log(f"process {number + 1}/{args.processes}"
+                f"{' (remi built first)' if remi_first else ''}")
+    runs.append(run_tree(_common.ROOT, [
+        *forwarded_flags(args, args.repeats),
+        *(["--remi-first"] if remi_first else [])]))
+  rates = {variant: [rate for run in runs for rate in
+                     run["variants"][variant]["all_samples_per_second"]]
+           for variant in VARIANTS}
+  figures = headline(rates["plain"], rates["remi"])
+  log_overhead(figures)
+  return {
+      **figures, "num_items": args.items[0] - 1,
+      "processes": [{"remi_first": run["args"]["remi_first"],
+                     "overhead_percent": run["overhead_percent"],
+                     "samples_per_second_plain":
+                         run["samples_per_second_plain"],
+                     "samples_per_second_remi":
+                         run["samples_per_second_remi"]}
+                    for run in runs],
+      "variants": {variant: {"all_samples_per_second": rates[variant]}
+                   for variant in VARIANTS},
+      "roofline": (roofline(args, figures["samples_per_second_remi"])
+                   if args.roofline else None),
+      "targets": {**_common.describe_targets(TARGETS),
+                  "aim_samples_per_second": AIM_SAMPLES_PER_SECOND},
+      "meets_targets": _common.check_targets(figures, TARGETS),
+  }
+
+
 # --- against another revision -----------------------------------------------
 
 
-def forwarded_flags(args) -> list:
-  """The measurement flags with this run's values, for both trees (each
-  measures one timed fit per variant per round)."""
+def forwarded_flags(args, repeats: int = 1) -> list:
+  """The measurement flags with this run's values, for a fresh process of
+  either tree, which measures `repeats` timed fits per variant."""
   flags = []
   for name in MEASUREMENT_FLAGS:
     value = getattr(args, name)
     flags += [f"--{name.replace('_', '-')}",
               *map(str, value if isinstance(value, list) else [value])]
-  return flags + ["--repeats", "1"]
+  return flags + ["--repeats", str(repeats)]
 
 
 def script_help(root: str) -> str:
@@ -941,7 +1000,12 @@ def compare(args) -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  results = compare(args) if args.compare_ref is not None else measure(args)
+  if args.compare_ref is not None:
+    results = compare(args)
+  elif args.processes > 1:
+    results = in_processes(args)
+  else:
+    results = measure(args)
   _common.emit("train_throughput", args, results)
   return 0
 

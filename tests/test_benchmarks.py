@@ -75,6 +75,26 @@ def fixture_throughput():
   return load_script("benchmarks/train_throughput.py")
 
 
+def test_processes_pool_their_rounds_and_alternate_the_build_order(
+    throughput):
+  process = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks",
+                                    "train_throughput.py"),
+       *TINY_TRAINING, "--processes", "2", "--repeats", "2"],
+      capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert process.returncode == 0, process.stderr[-3000:]
+  (line,) = process.stdout.splitlines()
+  result = json.loads(line)
+  assert [run["remi_first"] for run in result["processes"]] == [False, True]
+  builds = re.findall(r"\] (plain|remi): building", process.stderr)
+  assert builds == ["plain", "remi", "remi", "plain"]
+  rates = {variant: result["variants"][variant]["all_samples_per_second"]
+           for variant in ("plain", "remi")}
+  assert len(rates["plain"]) == len(rates["remi"]) == 4
+  assert result["overhead_percent"] == pytest.approx(
+      throughput.headline(rates["plain"], rates["remi"])["overhead_percent"])
+
+
 def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):
   def cost(*flags):
     return throughput.step_cost(throughput.parse_args(list(flags)))
@@ -225,6 +245,8 @@ def test_the_reference_gets_the_measurement_flags_its_help_names(throughput):
     ["--compare-ref", "HEAD", "--items", "300", "3000"],
     ["--compare-ref", "no-such-revision"],
     ["--roofline", "--model", "gru4rec"],
+    ["--processes", "2", "--compare-ref", "HEAD"],
+    ["--processes", "2", "--profile"],
 ])
 def test_what_compare_ref_and_roofline_cannot_measure_is_refused(
     throughput, flags):

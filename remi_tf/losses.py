@@ -84,12 +84,9 @@ def cross_entropy_at(logits: tf.Tensor, positive_columns: tf.Tensor,
     shifted = negatives - row_max
     if beta:
       importance = tf.exp(beta * shifted)  # e^{beta (s - max)}
-      # e^{(1 + beta)(s - max)}; at beta 1 the square, not kept: the
-      # gradient is then importance (importance a - b), one pass fewer.
-      weighted = None if beta == 1.0 else importance * tf.exp(shifted)
-      weighted_sum = tf.reduce_sum(
-          tf.square(importance) if weighted is None else weighted, axis=1,
-          keepdims=True)
+      weighted = (tf.square(importance) if beta == 1.0 else
+                  importance * tf.exp(shifted))  # e^{(1 + beta)(s - max)}
+      weighted_sum = tf.reduce_sum(weighted, axis=1, keepdims=True)
       importance_sum = tf.reduce_sum(importance, axis=1, keepdims=True)
       count = tf.reduce_sum(tf.cast(negatives > REMOVED_LOGIT, logits.dtype),
                             axis=1, keepdims=True)
@@ -104,15 +101,10 @@ def cross_entropy_at(logits: tf.Tensor, positive_columns: tf.Tensor,
     def gradient(upstream):
       scale = upstream * tf.sigmoid(margin)
       row_scale = scale[:, None]
-      weighted_scale = row_scale * (1 + beta) / weighted_sum
-      if not beta:
-        negatives_gradient = weighted * weighted_scale
-      else:
-        importance_scale = row_scale * beta / importance_sum
-        negatives_gradient = (
-            importance * (importance * weighted_scale - importance_scale)
-            if weighted is None else
-            weighted * weighted_scale - importance * importance_scale)
+      negatives_gradient = weighted * (row_scale * (1 + beta) / weighted_sum)
+      if beta:
+        # Independent of the product above: the two run at once.
+        negatives_gradient -= importance * (row_scale * beta / importance_sum)
       # The positive's entry is 0 above (its weights are e^{MIN_FLOAT}).
       return tf.tensor_scatter_nd_update(negatives_gradient, positions,
                                          -scale)

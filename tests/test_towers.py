@@ -276,54 +276,6 @@ def test_routing_products_equal_einsum_with_gradients(predictor):
     np.testing.assert_allclose(product, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("predictor", [capsule.PerPositionBilinear,
-                                       capsule.SharedBilinear])
-def test_spread_is_the_routing_products_gradient(predictor):
-  # spread([r, u], [g, s]): the gradient to the predictions of
-  # g . pool(r, p) + u . agreement(p, s), in one product.
-  rng = np.random.default_rng(1)
-  shared = predictor is capsule.SharedBilinear
-  routing, upstream = (tf.constant(rng.random([3, 4, 5]), tf.float32)
-                       for _ in range(2))
-  pooled_upstream, interests = (tf.constant(rng.normal(size=[3, 4, 6]),
-                                            tf.float32) for _ in range(2))
-  predictions = tf.constant(rng.normal(size=[3, 5, 6] if shared
-                                       else [3, 4, 5, 6]), tf.float32)
-  with tf.GradientTape() as tape:
-    tape.watch(predictions)
-    total = (tf.reduce_sum(pooled_upstream *
-                           predictor.pool(routing, predictions)) +
-             tf.reduce_sum(upstream *
-                           predictor.agreement(predictions, interests)))
-  np.testing.assert_allclose(
-      predictor.spread([routing, upstream], [pooled_upstream, interests]),
-      tape.gradient(total, predictions), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("model", ["comirec-dr", "mind"])
-def test_capsule_routing_has_no_gradient_without_the_regularizer(model):
-  # rr_lambda 0: the routing's gradient is left out, the interests' kept.
-  towers = {rr_lambda: build_user_tower(config.ModelConfig(
-      model=model, interests=3, embedding_dim=DIM, seq_len=SEQ_LEN,
-      rr_lambda=rr_lambda), NUM_ITEMS) for rr_lambda in (0.0, 100.0)}
-  towers[0.0].set_weights(towers[100.0].get_weights())
-  gradients = {}
-  for rr_lambda, tower in towers.items():
-    with tf.GradientTape(persistent=True) as tape:
-      outputs = tower(_histories())
-      by_interests = tf.reduce_sum(tf.sin(outputs["interests"]))
-      by_routing = tf.reduce_sum(tf.square(outputs["routing"]))
-    variables = tower.encoder.predictor.trainable_variables
-    gradients[rr_lambda] = [tape.gradient(total, variables)
-                            for total in (by_interests, by_routing)]
-  assert not towers[0.0].encoder.routing_gradient
-  assert towers[100.0].encoder.routing_gradient
-  for without, with_routing in zip(gradients[0.0][0], gradients[100.0][0]):
-    np.testing.assert_allclose(without, with_routing, rtol=1e-5, atol=1e-7)
-  assert all(np.all(g.numpy() == 0) for g in gradients[0.0][1])
-  assert all(np.any(g.numpy() != 0) for g in gradients[100.0][1])
-
-
 def _routing_by_autodiff(encoder, history, mask):
   """The routing iterations written out, differentiated by TensorFlow: the
   reference of `DynamicRouting`'s hand-written gradient of b."""
@@ -369,7 +321,6 @@ class _TiledPredictions(tf.keras.layers.Layer):
 
   pool = staticmethod(_einsum_pool)
   agreement = staticmethod(_einsum_agreement)
-  spread = staticmethod(capsule.PerPositionBilinear.spread)
 
   def __init__(self, shared, num_interests):
     super().__init__()

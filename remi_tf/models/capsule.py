@@ -94,13 +94,6 @@ class PerPositionBilinear(tf.keras.layers.Layer):
     prediction's dot product with its interest."""
     return tf.matmul(predictions, interests[..., None])[..., 0]
 
-  @staticmethod
-  def spread(weights, vectors) -> tf.Tensor:
-    """Lists of weights [B, K, n] and vectors [B, K, d] -> [B, K, n, d]:
-    sum_i weights_i[b, k, n] vectors_i[b, k], the gradient of `pool` and
-    of `agreement` with respect to the predictions, in one product."""
-    return tf.matmul(tf.stack(weights, axis=-1), tf.stack(vectors, axis=-2))
-
 
 class SharedBilinear(tf.keras.layers.Layer):
   """MIND's u_hat: one shared d x d map, the same prediction for every
@@ -135,15 +128,6 @@ class SharedBilinear(tf.keras.layers.Layer):
     """predictions [B, n, d], interests [B, K, d] -> [B, K, n]."""
     return tf.matmul(interests, predictions, transpose_b=True)
 
-  @staticmethod
-  def spread(weights, vectors) -> tf.Tensor:
-    """Lists of weights [B, K, n] and vectors [B, K, d] -> [B, n, d]:
-    sum_i sum_k weights_i[b, k, n] vectors_i[b, k]. A product that sums
-    over only K = 4 runs far below the machine's matmul rate on this CPU,
-    so both of the routing's gradients go into one product over 2K."""
-    return tf.matmul(tf.concat(weights, axis=1), tf.concat(vectors, axis=1),
-                     transpose_a=True)
-
 
 class DynamicRouting(tf.keras.layers.Layer):
   """Capsule routing from u_hat to K interest capsules.
@@ -151,9 +135,8 @@ class DynamicRouting(tf.keras.layers.Layer):
   Args:
     predictor: the layer giving u_hat from the history, [B, K, n, d] or,
       the same for every interest, [B, n, d], with the routing's products
-      in its layout: `pool(routing, predictions)` [B, K, d],
-      `agreement(predictions, interests)` [B, K, n] and their gradient
-      with respect to the predictions, `spread(weights, vectors)`.
+      in its layout: `pool(routing, predictions)` [B, K, d] and
+      `agreement(predictions, interests)` [B, K, n].
     num_interests: K.
     seq_len: n.
     iterations: routing iterations (3).
@@ -164,18 +147,13 @@ class DynamicRouting(tf.keras.layers.Layer):
       of every batch; here one draw [K, n] is made at build time and stored
       with the weights (not trained), so that the same history always gets
       the same interests, in training, evaluation and serving alike.
-    routing_gradient: whether the returned routing has a gradient (to
-      u_hat, through the routing logits), as REMI's routing regularizer
-      needs; without it the backward pass leaves that part out.
   """
 
   def __init__(self, predictor: tf.keras.layers.Layer, num_interests: int,
                seq_len: int, iterations: int = ROUTING_ITERATIONS,
-               random_init: bool = False, routing_gradient: bool = True,
-               **kwargs):
+               random_init: bool = False, **kwargs):
     super().__init__(**kwargs)
     self.predictor = predictor
-    self.routing_gradient = routing_gradient
     self.num_interests = num_interests
     self.seq_len = seq_len
     self.iterations = iterations
@@ -196,62 +174,55 @@ class DynamicRouting(tf.keras.layers.Layer):
       interests float [B, K, d], routing float [B, K, n] (the last
       iteration's weights; rows sum to at most 1).
     """
-    routing, pooled = self._route(self.predictor(history), mask[:, None, :])
-    return squash(pooled), routing
+    predictions = self.predictor(history)
+    mask = mask[:, None, :]
+    routing = routing_weights(self._final_logits(predictions, mask), mask)
+    interests = squash(self.predictor.pool(tf.stop_gradient(routing),
+                                           predictions))
+    return interests, routing
 
-  def _route(self, predictions: tf.Tensor, mask: tf.Tensor):
-    """The routing iterations from u_hat and mask [B, 1, n]: the last
-    iteration's routing [B, K, n] and its weighted sums of u_hat [B, K, d]
-    (before squash).
+  def _final_logits(self, predictions: tf.Tensor, mask: tf.Tensor
+                    ) -> tf.Tensor:
+    """The last iteration's routing logits b, float [B, K, n] ([1, K, n]
+    with a single iteration), from u_hat and mask [B, 1, n].
 
-    The gradient is written out. The sums reach u_hat with the routing
-    held fixed. The routing reaches it (when `routing_gradient`) through
-    the logits b, to which every earlier iteration added u_hat . interest
-    with its interest held fixed: the agreement's gradient against the sum
-    of those interests. Both go into one `predictor.spread` product, where
-    automatic differentiation makes one product per iteration and one for
-    the sums, then adds them up."""
+    Every earlier iteration adds u_hat . interest, its interest without
+    gradient, so b's gradient reaches u_hat as the agreement's gradient
+    against the sum of those interests: one product in the backward pass,
+    however many iterations (automatic differentiation makes one each)."""
     pool, agreement = self.predictor.pool, self.predictor.agreement
-    initial, real = self.initial_logits[None], tf.cast(mask > 0,
-                                                        predictions.dtype)
+    initial = self.initial_logits[None]
 
     @tf.custom_gradient
-    def route(predictions):
+    def final_logits(predictions):
       logits, interests = initial, []
       for _ in range(self.iterations - 1):
         interests.append(squash(pool(routing_weights(logits, mask),
                                      predictions)))
         logits += agreement(predictions, interests[-1])
-      probabilities = tf.nn.softmax(logits, axis=-1)
-      routing = probabilities * real  # routing_weights(logits, mask)
 
-      def gradient(routing_upstream, pooled_upstream):
-        weights, vectors = [routing], [pooled_upstream]
-        if self.routing_gradient and interests:
-          masked = routing_upstream * real
-          weights.append(probabilities * (masked - tf.reduce_sum(
-              masked * probabilities, axis=-1, keepdims=True)))
-          vectors.append(tf.add_n(interests))
-        return self.predictor.spread(weights, vectors)
+      def gradient(upstream):
+        if not interests:
+          return tf.zeros_like(predictions)
+        with tf.GradientTape() as tape:
+          tape.watch(predictions)
+          agreed = agreement(predictions, tf.add_n(interests))
+        return tape.gradient(agreed, predictions, output_gradients=upstream)
 
-      return (routing, pool(routing, predictions)), gradient
+      return logits, gradient
 
-    return route(predictions)
+    return final_logits(predictions)
 
 
-def comirec_dr(num_interests: int, seq_len: int,
-               routing_gradient: bool = True) -> DynamicRouting:
+def comirec_dr(num_interests: int, seq_len: int) -> DynamicRouting:
   """The ComiRec-DR encoder: per-position bilinear maps, zero-initialized
-  routing; `routing_gradient` as `DynamicRouting`'s."""
+  routing."""
   return DynamicRouting(PerPositionBilinear(num_interests, seq_len),
-                        num_interests, seq_len,
-                        routing_gradient=routing_gradient, name="comirec_dr")
+                        num_interests, seq_len, name="comirec_dr")
 
 
-def mind(num_interests: int, seq_len: int,
-         routing_gradient: bool = True) -> DynamicRouting:
+def mind(num_interests: int, seq_len: int) -> DynamicRouting:
   """The MIND encoder: one shared bilinear map, randomly initialized
-  routing; `routing_gradient` as `DynamicRouting`'s."""
+  routing."""
   return DynamicRouting(SharedBilinear(num_interests), num_interests, seq_len,
-                        random_init=True, routing_gradient=routing_gradient,
-                        name="mind")
+                        random_init=True, name="mind")

@@ -95,8 +95,7 @@ def build_user_tower(model_config: config.ModelConfig, num_items: int,
   """The tower named by `model_config.model`.
 
   Args:
-    model_config: model name, K, d and n; rr_lambda > 0 gives the capsule
-      towers' routing its gradient (`capsule.DynamicRouting`).
+    model_config: model name, K, d and n.
     num_items: N.
     item_ranking: int [N], item ids most popular first in the training
       split (`UserSequences.items_by_popularity`); needed by "pop" only.
@@ -105,8 +104,6 @@ def build_user_tower(model_config: config.ModelConfig, num_items: int,
     A built Keras model with `call(history)` and `item_table()`.
   """
   name, k, n = model_config.model, model_config.interests, model_config.seq_len
-  # Only REMI's routing regularizer trains through the capsule routing.
-  routing_gradient = model_config.rr_lambda > 0
   if name == "pop":
     if item_ranking is None:
       raise ValueError("the pop model needs the items' popularity ranking")
@@ -114,8 +111,8 @@ def build_user_tower(model_config: config.ModelConfig, num_items: int,
   else:
     encoders = {
         "comirec-sa": lambda: self_attentive.ComiRecSA(k, n, name="comirec_sa"),
-        "comirec-dr": lambda: capsule.comirec_dr(k, n, routing_gradient),
-        "mind": lambda: capsule.mind(k, n, routing_gradient),
+        "comirec-dr": lambda: capsule.comirec_dr(k, n),
+        "mind": lambda: capsule.mind(k, n),
         "umi": lambda: umi.UMI(k, n, name="umi"),
         "youtube-dnn": lambda: single_interest.MeanPoolingMLP(
             name="youtube_dnn"),

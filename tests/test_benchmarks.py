@@ -2,6 +2,7 @@
 measured elsewhere: timing never in an assert)."""
 
 import argparse
+import functools
 import http.server
 import json
 import os
@@ -80,7 +81,8 @@ def test_processes_pool_their_rounds_and_alternate_the_build_order(
   process = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks",
                                     "train_throughput.py"),
-       *TINY_TRAINING, "--processes", "2", "--repeats", "2"],
+       *TINY_TRAINING, "--processes", "2", "--repeats", "2",
+       "--step-pairs", "3"],
       capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert process.returncode == 0, process.stderr[-3000:]
   (line,) = process.stdout.splitlines()
@@ -93,6 +95,23 @@ def test_processes_pool_their_rounds_and_alternate_the_build_order(
   assert len(rates["plain"]) == len(rates["remi"]) == 4
   assert result["overhead_percent"] == pytest.approx(
       throughput.headline(rates["plain"], rates["remi"])["overhead_percent"])
+  # The step pairs of both processes, pooled: total times.
+  seconds = result["step_pair_seconds"]
+  assert result["step_pairs"] == len(seconds["plain"]) == 6
+  assert result["step_overhead_percent"] == pytest.approx(
+      (sum(seconds["remi"]) / sum(seconds["plain"]) - 1) * 100)
+  assert set(result["meets_targets"]) == {"samples_per_second_remi",
+                                          "step_overhead_percent"}
+
+
+def test_step_pairs_alternate_the_variants_call_by_call(throughput):
+  order = []
+  calls = {name: functools.partial(order.append, name)
+           for name in ("plain", "remi")}
+  seconds = throughput.alternate(calls, 3)
+  assert order == ["plain", "remi", "remi", "plain", "plain", "remi"]
+  assert len(seconds["plain"]) == len(seconds["remi"]) == 3
+  assert min(seconds["plain"] + seconds["remi"]) >= 0
 
 
 def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):

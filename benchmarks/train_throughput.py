@@ -328,16 +328,27 @@ def alternate(calls: dict, pairs: int) -> dict:
   return seconds
 
 
-def step_overhead(seconds: dict) -> dict:
-  """REMI's overhead per step in %, its total time over plain's - 1, from
-  `step_pair_seconds`, with each pair's own figure's median and quartiles."""
-  pairs = [(remi / plain - 1.0) * 100.0
-           for plain, remi in zip(seconds["plain"], seconds["remi"])]
-  return {"step_overhead_percent":
-              (sum(seconds["remi"]) / sum(seconds["plain"]) - 1.0) * 100.0,
-          "step_overhead_percent_pairs_quartiles":
-              statistics.quantiles(pairs, n=4, method="inclusive"),
-          "step_pairs": len(pairs), "step_pair_seconds": seconds}
+def add_step_overhead(figures: dict, targets: dict, seconds: dict) -> dict:
+  """Adds REMI's overhead per step to `figures` from `step_pair_seconds`'s
+  {variant: seconds}: `headline`'s formula on the calls' rates (the same
+  steps each), i.e. REMI's total time over plain's - 1, in %, with the
+  pairs' quartiles. Logs it; returns `targets` with the overhead's target
+  moved to it."""
+  per_call = headline(*([1.0 / elapsed for elapsed in seconds[variant]]
+                        for variant in VARIANTS))
+  figures.update({
+      "step_overhead_percent": per_call["overhead_percent"],
+      "step_overhead_percent_pairs_quartiles":
+          per_call["overhead_percent_pairs_quartiles"],
+      "step_pairs": len(seconds["plain"]), "step_pair_seconds": seconds})
+  low, _, high = figures["step_overhead_percent_pairs_quartiles"]
+  _common.log(f"per step, {figures['step_pairs']} pairs of "
+              f"{STEP_PAIR_STEPS} steps: overhead "
+              f"{figures['step_overhead_percent']:.1f}%; pairs' quartiles "
+              f"{low:.1f}, {high:.1f}")
+  targets = dict(targets)
+  targets["step_overhead_percent"] = targets.pop("overhead_percent")
+  return targets
 
 
 def headline(plain_rates, remi_rates) -> dict:
@@ -358,21 +369,6 @@ def headline(plain_rates, remi_rates) -> dict:
               statistics.quantiles(overheads, n=4, method="inclusive")
               if len(overheads) > 1 else None),
           "overhead_percent_by_round": overheads}
-
-
-def with_step_overhead_target(targets: dict) -> dict:
-  """`targets` with the overhead's target on the --step-pairs figure."""
-  targets = dict(targets)
-  targets["step_overhead_percent"] = targets.pop("overhead_percent")
-  return targets
-
-
-def log_step_overhead(figures: dict) -> None:
-  low, _, high = figures["step_overhead_percent_pairs_quartiles"]
-  _common.log(f"per step, {figures['step_pairs']} pairs of "
-              f"{STEP_PAIR_STEPS} steps: overhead "
-              f"{figures['step_overhead_percent']:.1f}%; pairs' quartiles "
-              f"{low:.1f}, {high:.1f}")
 
 
 def log_overhead(figures: dict) -> None:
@@ -449,11 +445,9 @@ def measure(args) -> dict:
     targets["smallest_rate_ratio"] = SCALING_TARGET
   log_overhead(figures)
   if args.step_pairs:
-    figures.update(step_overhead(step_pair_seconds(
+    targets = add_step_overhead(figures, targets, step_pair_seconds(
         args, {name: models[first, name] for name in VARIANTS},
-        streams[first])))
-    log_step_overhead(figures)
-    targets = with_step_overhead_target(targets)
+        streams[first]))
   profile = (profile_step(args, models[first, "remi"], streams[first],
                           by_items[first]["remi"]["ms_per_step"])
              if args.profile else None)
@@ -959,12 +953,10 @@ def in_processes(args) -> dict:
   log_overhead(figures)
   targets = TARGETS
   if args.step_pairs:
-    figures.update(step_overhead({
+    targets = add_step_overhead(figures, targets, {
         variant: [seconds for run in runs
                   for seconds in run["step_pair_seconds"][variant]]
-        for variant in VARIANTS}))
-    log_step_overhead(figures)
-    targets = with_step_overhead_target(targets)
+        for variant in VARIANTS})
   return {
       **figures, "num_items": args.items[0] - 1,
       "processes": [{"remi_first": run["args"]["remi_first"],

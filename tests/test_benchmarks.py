@@ -111,7 +111,6 @@ def test_step_pairs_alternate_the_variants_call_by_call(throughput):
   seconds = throughput.alternate(calls, 3)
   assert order == ["plain", "remi", "remi", "plain", "plain", "remi"]
   assert len(seconds["plain"]) == len(seconds["remi"]) == 3
-  assert min(seconds["plain"] + seconds["remi"]) >= 0
 
 
 def test_step_cost_grows_with_the_shapes_it_depends_on(throughput):

@@ -8,7 +8,10 @@ renormalised (a user with 5 of 20 positions starts at 0.05 per item, sum
 0.25); interests are squash(weights . u_hat), and b grows by
 u_hat . interest. Earlier iterations see u_hat without gradient; the last one
 with it, its weights without. The routing returned for REMI's regularizer
-keeps the gradient that b's updates carry from u_hat.
+keeps the gradient that b's updates carry from u_hat: `remi_tf`'s own
+choice, so that RR trains these towers (the reference updates b from
+u_hat detached and returns no routing; what the gradient measures:
+docs/models.md).
 
 Where the two reference codes differ, REMI's is followed: ComiRec's
 TensorFlow `CapsuleNetwork` (THUDM/ComiRec, src/model.py) takes that softmax
